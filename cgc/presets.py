@@ -1,0 +1,84 @@
+"""The baselines of the CGC-LoRA paper as configurations of the same layer.
+
+| method        | clusters            | S | K | gate      |
+|---------------|---------------------|---|---|-----------|
+| shared LoRA   | 1 (all tasks)       | 1 | 0 | trivial   |
+| per-task LoRA | one per task        | 0 | 1 | trivial   |
+| MOELoRA       | 1 (all tasks)       | E | 0 | task gate |
+| CGC-LoRA      | the user's clusters | S | K | task gate |
+
+`matched_budget` builds all four with (as near as integer ranks allow) the same total expert rank, i.e. the
+same number of LoRA parameters on every adapted layer; gate logits add a few parameters on top.
+"""
+
+from __future__ import annotations
+
+from cgc.config import CGCLoraConfig
+
+ALL_TASKS_CLUSTER = "all"
+
+
+def _alpha(r: int, common: dict) -> dict:
+    # Unless the caller fixes alpha, keep scaling = alpha / r = 2 for every rank so methods compare fairly.
+    return {"alpha": 2.0 * r, **common}
+
+
+def shared_lora(tasks: list[str], r: int, **common) -> CGCLoraConfig:
+    """One LoRA of rank r shared by every task."""
+    return CGCLoraConfig(
+        clusters={ALL_TASKS_CLUSTER: list(tasks)}, r=r, num_shared_experts=1, num_task_experts=0, **_alpha(r, common)
+    )
+
+
+def per_task_lora(tasks: list[str], r: int, **common) -> CGCLoraConfig:
+    """An independent LoRA of rank r per task (one cluster per task, named after it)."""
+    return CGCLoraConfig(
+        clusters={t: [t] for t in tasks}, r=r, num_shared_experts=0, num_task_experts=1, **_alpha(r, common)
+    )
+
+
+def moelora(tasks: list[str], num_experts: int, r: int, **common) -> CGCLoraConfig:
+    """MOELoRA: `num_experts` experts shared by all tasks, mixed by a task-driven gate."""
+    return CGCLoraConfig(
+        clusters={ALL_TASKS_CLUSTER: list(tasks)},
+        r=r,
+        num_shared_experts=num_experts,
+        num_task_experts=0,
+        **_alpha(r, common),
+    )
+
+
+def cgc_lora(clusters: dict[str, list[str]], num_shared: int, num_task: int, r: int, **common) -> CGCLoraConfig:
+    return CGCLoraConfig(
+        clusters=clusters, r=r, num_shared_experts=num_shared, num_task_experts=num_task, **_alpha(r, common)
+    )
+
+
+def total_rank(config: CGCLoraConfig) -> int:
+    """Sum of the ranks of all experts on one layer: LoRA parameters per layer = total_rank * (d_in + d_out)."""
+    return config.r * sum(config.num_experts(c) for c in config.clusters)
+
+
+def matched_budget(
+    clusters: dict[str, list[str]],
+    budget_rank: int,
+    num_shared: int = 2,
+    num_task: int = 1,
+    moe_experts: int = 4,
+    **common,
+) -> dict[str, CGCLoraConfig]:
+    """The four methods with total expert rank as close to `budget_rank` as integer ranks allow.
+
+    Each method's per-expert rank is budget_rank // (its number of experts), at least 1; compare the
+    methods' `total_rank` (or trainable parameter counts) to see how close each came.
+    """
+    if budget_rank < 1:
+        raise ValueError(f"budget_rank must be >= 1, got {budget_rank}")
+    tasks = [t for ts in clusters.values() for t in ts]
+    cgc_experts = sum(num_shared + num_task * len(ts) for ts in clusters.values())
+    return {
+        "shared_lora": shared_lora(tasks, r=budget_rank, **common),
+        "per_task_lora": per_task_lora(tasks, r=max(1, budget_rank // len(tasks)), **common),
+        "moelora": moelora(tasks, moe_experts, r=max(1, budget_rank // moe_experts), **common),
+        "cgc_lora": cgc_lora(clusters, num_shared, num_task, r=max(1, budget_rank // cgc_experts), **common),
+    }
