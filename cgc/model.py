@@ -42,7 +42,10 @@ def load_adapter(base_model: nn.Module, path: str | os.PathLike, is_trainable: b
     with torch.no_grad():
         for name, param in expected.items():
             if saved[name].shape != param.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(saved[name].shape)}, expected {tuple(param.shape)}")
+                raise ValueError(
+                    f"adapter at {path} does not fit this base model: {name} has shape "
+                    f"{tuple(saved[name].shape)}, expected {tuple(param.shape)}"
+                )
             param.copy_(saved[name])
     model.requires_grad_(False)
     if is_trainable:
@@ -115,8 +118,10 @@ class CGCModel(nn.Module):
     def task_ids_tensor(self, tasks: Sequence[int | str] | torch.Tensor, device=None) -> torch.Tensor:
         """Validated LongTensor[B] of task ids from ids or task names."""
         if isinstance(tasks, torch.Tensor):
-            if tasks.dim() != 1 or tasks.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-                raise ValueError(f"task_ids must be an integer tensor of shape (batch,), got {tasks.dtype} {tuple(tasks.shape)}")
+            if tasks.dim() != 1 or tasks.dtype.is_floating_point or tasks.dtype.is_complex or tasks.dtype == torch.bool:
+                raise ValueError(
+                    f"task_ids must be an integer tensor of shape (batch,), got {tasks.dtype} {tuple(tasks.shape)}"
+                )
             ids = tasks.long()
         else:
             ids = torch.tensor([self.task_id(t) if isinstance(t, str) else int(t) for t in tasks], dtype=torch.long)
@@ -124,30 +129,33 @@ class CGCModel(nn.Module):
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= len(self.tasks):
                 bad = low if low < 0 else high
-                raise ValueError(f"task id {bad} out of range: this model has {len(self.tasks)} tasks (0..{len(self.tasks) - 1})")
+                raise ValueError(
+                    f"task id {bad} out of range: this model has {len(self.tasks)} tasks (0..{len(self.tasks) - 1})"
+                )
         return ids.to(device) if device is not None else ids
 
-    def _set_routing(self, task_ids, batch_size: int | None, device, every_cluster: bool | None) -> None:
+    def _set_routing(self, args: tuple, kwargs: dict, task_ids, every_cluster: bool | None) -> None:
         if task_ids is None:
             raise ValueError("task_ids is required: one task id (or task name) per sample")
-        ids = self.task_ids_tensor(task_ids, device=device)
-        if batch_size is not None and len(ids) != batch_size:
-            raise ValueError(f"task_ids has {len(ids)} entries but the batch has {batch_size} samples")
+        batch = _batch_tensor(args, kwargs)
+        ids = self.task_ids_tensor(task_ids, device=None if batch is None else batch.device)
+        if batch is not None and len(ids) != batch.shape[0]:
+            raise ValueError(f"task_ids has {len(ids)} entries but the batch has {batch.shape[0]} samples")
         if every_cluster is None:
             # Outside training, ranks' batches may hold different clusters; ZeRO-3 needs every rank to call the
             # same submodules, so all clusters run (empty slices included). In training the sampler keeps all
             # ranks on one cluster.
-            every_cluster = not self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            every_cluster = (
+                not self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            )
         self._router.set(self._router.route(ids, every_cluster=every_cluster))
 
     def forward(self, *args, task_ids=None, every_cluster: bool | None = None, **kwargs):
-        batch = _batch_tensor(args, kwargs)
-        self._set_routing(task_ids, None if batch is None else batch.shape[0], None if batch is None else batch.device, every_cluster)
+        self._set_routing(args, kwargs, task_ids, every_cluster)
         return self.base_model(*args, **kwargs)
 
     def generate(self, *args, task_ids=None, every_cluster: bool | None = None, **kwargs):
-        batch = _batch_tensor(args, kwargs)
-        self._set_routing(task_ids, None if batch is None else batch.shape[0], None if batch is None else batch.device, every_cluster)
+        self._set_routing(args, kwargs, task_ids, every_cluster)
         return self.base_model.generate(*args, **kwargs)
 
     # ---- introspection ----------------------------------------------------------------------------

@@ -58,11 +58,7 @@ class Router:
         self.clusters = list(config.clusters)
         self.tasks = config.tasks
         # task id -> (cluster position, index of the task inside its cluster)
-        self._place = [
-            (ci, tasks.index(task))
-            for ci, tasks in enumerate(config.clusters.values())
-            for task in tasks
-        ]
+        self._place = [(ci, tasks.index(task)) for ci, tasks in enumerate(config.clusters.values()) for task in tasks]
         self.current: Routing | None = None
         self._expanded: Routing | None = None
 

@@ -1,0 +1,54 @@
+import pytest
+
+import cgc
+from tests.conftest import make_config
+
+
+def test_tasks_and_ids_follow_cluster_order():
+    cfg = make_config()
+    assert cfg.tasks == ["synonym", "antonym", "add", "mul", "sub"]
+    assert cfg.cluster_of["mul"] == "math"
+    assert cfg.num_experts("math") == 2 + 1 * 3
+    assert cfg.experts_per_task == 3
+    assert cfg.scaling == 2.0
+
+
+def test_json_round_trip(tmp_path):
+    cfg = make_config(target_modules=r".*\.(q|v)_proj", dropout=0.1)
+    assert cgc.CGCLoraConfig.from_json(cfg.to_json()) == cfg
+    cfg.save(tmp_path)
+    assert cgc.CGCLoraConfig.load(tmp_path) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"clusters": {"a": ["x", "y"], "b": ["y"]}}, "task 'y' appears in cluster 'a' and again in 'b'"),
+        ({"clusters": {"a": ["x"], "empty": []}}, "cluster 'empty' is empty"),
+        ({"clusters": {}}, "clusters must be a non-empty mapping"),
+        ({"clusters": {"a.b": ["x"]}}, "cluster name 'a.b'"),
+        ({"r": 0}, "r must be an integer >= 1, got 0"),
+        ({"num_shared_experts": 0, "num_task_experts": 0}, "(S + K) is 0"),
+        ({"num_task_experts": -1}, "num_task_experts must be an integer >= 0"),
+        ({"alpha": 0}, "alpha must be a number > 0"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+        ({"target_modules": []}, "target_modules must be a non-empty list"),
+    ],
+)
+def test_bad_config_names_the_problem(overrides, expected):
+    with pytest.raises(ValueError) as err:
+        make_config(**overrides)
+    assert expected in str(err.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ValueError) as err:
+        make_config(r=0, alpha=-1, dropout=2.0)
+    message = str(err.value)
+    assert "r must be" in message and "alpha must be" in message and "dropout must be" in message
+
+
+def test_unknown_json_key_is_an_error():
+    data = make_config().to_dict() | {"rank": 3}
+    with pytest.raises(ValueError, match="unknown CGCLoraConfig keys \\['rank'\\]"):
+        cgc.CGCLoraConfig.from_dict(data)

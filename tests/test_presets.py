@@ -1,0 +1,50 @@
+"""The four methods of DESIGN §1 as configurations, with matched trainable-parameter budgets."""
+
+import pytest
+
+import cgc
+from cgc.presets import matched_budget, total_rank
+from tests.conftest import CLUSTERS, tiny_llama
+
+TASKS = [t for ts in CLUSTERS.values() for t in ts]
+
+
+def lora_params(config, d_in=32, d_out=32, layers=2):
+    # q_proj only: (d_in + d_out) per unit of rank, per layer
+    return total_rank(config) * (d_in + d_out) * layers
+
+
+def test_each_preset_has_the_shape_of_its_method():
+    shared = cgc.presets.shared_lora(TASKS, r=8)
+    assert list(shared.clusters) == ["all"] and (shared.num_shared_experts, shared.num_task_experts) == (1, 0)
+    per_task = cgc.presets.per_task_lora(TASKS, r=8)
+    assert per_task.clusters == {t: [t] for t in TASKS}
+    assert (per_task.num_shared_experts, per_task.num_task_experts) == (0, 1)
+    moe = cgc.presets.moelora(TASKS, num_experts=4, r=2)
+    assert list(moe.clusters) == ["all"] and moe.num_shared_experts == 4 and moe.num_task_experts == 0
+    ours = cgc.presets.cgc_lora(CLUSTERS, num_shared=2, num_task=1, r=2)
+    assert ours.clusters == CLUSTERS
+    for config in (shared, per_task, moe, ours):
+        assert config.scaling == 2.0  # alpha follows r unless given
+
+
+@pytest.mark.parametrize("budget", [45, 90])
+def test_matched_budget_gives_equal_trainable_parameters_when_ranks_divide(budget):
+    # 5 tasks; CGC with S=2, K=1 on 2 clusters has 2+2 + 2+3 = 9 experts; MOELoRA 5 experts.
+    configs = matched_budget(CLUSTERS, budget_rank=budget, moe_experts=5, target_modules=["q_proj"])
+    assert set(configs) == {"shared_lora", "per_task_lora", "moelora", "cgc_lora"}
+    counts = {}
+    for name, config in configs.items():
+        assert total_rank(config) == budget, name
+        model = cgc.attach(tiny_llama(), config)
+        lora_only = sum(p.numel() for n, p in model.trainable_parameters() if not n.endswith("gate_logits"))
+        assert lora_only == lora_params(config)
+        counts[name] = lora_only
+    assert len(set(counts.values())) == 1
+
+
+def test_matched_budget_rounds_down_and_never_below_rank_one():
+    configs = matched_budget(CLUSTERS, budget_rank=4, moe_experts=4)
+    assert configs["cgc_lora"].r == 1 and configs["per_task_lora"].r == 1 and configs["moelora"].r == 1
+    with pytest.raises(ValueError, match="budget_rank must be >= 1"):
+        matched_budget(CLUSTERS, budget_rank=0)
