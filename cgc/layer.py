@@ -22,7 +22,10 @@ from cgc.routing import Router
 class ClusterExperts(nn.Module):
     """Stacked experts and task gates of one cluster on one layer.
 
-    Expert order: the S shared experts, then K experts for each task of the cluster in task order.
+    The E = S + K*|T_c| experts are stacked along the rank dimension, expert k being rows k*r:(k+1)*r of
+    `lora_A` (E*r, d_in) and the same columns of `lora_B` (d_out, E*r): the S shared experts first, then K
+    experts for each task of the cluster in task order. Stored this way the cluster is one LoRA of rank E*r,
+    and a task's mixture is that LoRA with a per-expert scale (zero for experts the task may not use).
     """
 
     def __init__(self, num_tasks: int, config: CGCLoraConfig, in_features: int, out_features: int, device=None):
@@ -31,22 +34,25 @@ class ClusterExperts(nn.Module):
         num_experts = S + K * num_tasks
         self.r = r
         self.scaling = config.scaling
-        self.lora_A = nn.Parameter(torch.empty(num_experts, r, in_features, device=device))  # (E, r, d_in)
-        self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, r, device=device))  # (E, d_out, r)
+        self.lora_A = nn.Parameter(torch.empty(num_experts * r, in_features, device=device))  # (E*r, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, num_experts * r, device=device))  # (d_out, E*r)
         for k in range(num_experts):
             # Same init as PEFT's LoRA A (kaiming-uniform on each (r, d_in) matrix); B starts at zero so the
             # adapted model starts equal to the base model.
-            nn.init.kaiming_uniform_(self.lora_A.data[k], a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.lora_A.data[k * r : (k + 1) * r], a=math.sqrt(5))
         # A gate over one expert is always 1: keep no parameter for it (per-task LoRA, single shared LoRA).
         self.gate_logits = nn.Parameter(torch.zeros(num_tasks, S + K, device=device)) if S + K > 1 else None
         # active[t] = the S + K experts task t mixes: shared 0..S-1, then its own S + t*K ... S + t*K + K - 1.
         shared = torch.arange(S).expand(num_tasks, S)
         own = S + torch.arange(num_tasks)[:, None] * K + torch.arange(K)
-        self.register_buffer("active", torch.cat([shared, own], dim=1).to(device), persistent=False)  # (T_c, S+K)
+        active = torch.cat([shared, own], dim=1)  # (T_c, S+K)
+        rows = (active[:, :, None] * r + torch.arange(r)).flatten(1)  # (T_c, (S+K)*r) rank rows of each task
+        self.register_buffer("active", active.to(device), persistent=False)
+        self.register_buffer("active_rows", rows.to(device), persistent=False)
 
     @property
-    def num_tasks(self) -> int:
-        return self.active.shape[0]
+    def num_experts(self) -> int:
+        return self.lora_A.shape[0] // self.r
 
     def gate(self) -> torch.Tensor:
         """g_t for every task of the cluster: (T_c, S+K), each row sums to 1."""
@@ -54,31 +60,32 @@ class ClusterExperts(nn.Module):
             return torch.ones(self.active.shape, device=self.lora_A.device, dtype=self.lora_A.dtype)
         return torch.softmax(self.gate_logits, dim=-1)
 
+    def rank_scales(self) -> torch.Tensor:
+        """(T_c, E*r): scaling * g_{t,k} on the r rank rows of every expert k task t uses, 0 elsewhere."""
+        dense = torch.zeros(self.active.shape[0], self.num_experts, device=self.lora_A.device, dtype=self.lora_A.dtype)
+        dense = dense.scatter(1, self.active, self.gate() * self.scaling)  # (T_c, E)
+        return dense.repeat_interleave(self.r, dim=1)  # (T_c, E*r)
+
     def task_factors(self, local_task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's experts as a single LoRA pair with the gate and scaling folded into B.
 
         Returns A (R, d_in) and B (d_out, R), R = (S+K)*r, with delta_W = B @ A exactly.
         """
-        idx = self.active[local_task]  # (S+K,)
-        scale = self.gate()[local_task] * self.scaling  # (S+K,)
-        a = self.lora_A[idx]  # (S+K, r, d_in)
-        b = self.lora_B[idx] * scale[:, None, None]  # (S+K, d_out, r)
-        return a.reshape(-1, a.shape[-1]), b.permute(1, 0, 2).reshape(b.shape[1], -1)
+        rows = self.active_rows[local_task]  # (R,)
+        scale = (self.gate()[local_task] * self.scaling).repeat_interleave(self.r)  # (R,)
+        return self.lora_A[rows], self.lora_B[:, rows] * scale
 
     def forward(self, x: torch.Tensor, local_tasks: torch.Tensor, single_task: int | None) -> torch.Tensor:
         """x (n, L, d_in) -> delta (n, L, d_out) for n samples of this cluster."""
-        if single_task is not None:
-            # All samples use the same experts: one LoRA of rank R = (S+K)*r, like PEFT's.
+        if single_task is not None and self.num_experts >= 2 * self.active.shape[1]:
+            # One task of a large cluster: run only its S+K experts, a LoRA of rank (S+K)*r like PEFT's. Gathering
+            # them costs a few small copies, which pays only when it skips at least as many experts as it keeps.
             a, b = self.task_factors(single_task)  # (R, d_in), (d_out, R)
             return F.linear(F.linear(x, a), b)
-        # Mixed tasks: gather each sample's own S+K experts and run one batched low-rank product; the gate
-        # and scaling are folded into the gathered B as a per-sample scale.
-        idx = self.active[local_tasks]  # (n, S+K)
-        scale = self.gate()[local_tasks] * self.scaling  # (n, S+K)
-        a = self.lora_A[idx].flatten(1, 2)  # (n, S+K, r, d_in) -> (n, R, d_in)
-        b = self.lora_B[idx] * scale[:, :, None, None]  # (n, S+K, d_out, r)
-        b = b.permute(0, 2, 1, 3).flatten(2, 3)  # (n, d_out, R)
-        return torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))  # (n, L, R) -> (n, L, d_out)
+        # All of the cluster's experts as one LoRA of rank E*r; each sample's gate (zero on experts its task
+        # may not use) is a per-sample scale on the rank dimension.
+        scale = self.rank_scales()[local_tasks]  # (n, E*r)
+        return F.linear(F.linear(x, self.lora_A) * scale[:, None, :], self.lora_B)  # (n, L, E*r) -> (n, L, d_out)
 
 
 class CGCLinear(nn.Module):
