@@ -157,10 +157,8 @@ def test_sample_gradients_never_reach_other_clusters_or_other_tasks(base_factory
                     assert (torch.count_nonzero(grad[other]) > 0) == (other == j), (name, other)
                 continue
             r = config.r
-            # (E*r, d_in) or (d_out, E*r) -> (E, r, d): one slab per expert
-            by_expert = (grad if name.endswith("lora_A") else grad.T).reshape(
-                -1, r, grad.shape[-1 if name.endswith("lora_A") else 0]
-            )
+            slabs = grad if name.endswith("lora_A") else grad.T  # (E*r, d_in) or (E*r, d_out)
+            by_expert = slabs.reshape(-1, r, slabs.shape[-1])  # (E, r, d): one slab per expert
             own = {S + j * K + k for k in range(K)}
             for e in range(by_expert.shape[0]):
                 touched = torch.count_nonzero(by_expert[e]) > 0
