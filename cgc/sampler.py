@@ -1,0 +1,212 @@
+"""Cluster-aware distributed batch sampler.
+
+Every micro-step, all ranks run the same cluster: under ZeRO-3 each rank must touch the same parameters in
+the same order or the collectives hang, and CGC-LoRA's parameters are grouped by cluster. The whole epoch's
+schedule is drawn from a generator seeded only by (seed, epoch), so every rank computes the same schedule
+without communicating; rank k takes the k-th micro-batch of each global step.
+
+Mixing. A cluster is drawn for each scheduling unit (a micro-step, or with cluster_per="optimizer_step" the
+grad_accum micro-steps of one optimizer step) with probability p_c ∝ w(n_c); inside the cluster each slot
+draws a task with p_t ∝ w(n_t), where n is the number of examples and w(n) = n (proportional), 1 (uniform)
+or n^(1/T) (temperature); a task whose examples are used up gives its slots to the cluster's other tasks.
+Examples of each task are taken in a shuffled order, without replacement. The epoch ends at the first unit
+whose cluster has fewer unused examples than the unit needs, so the cluster law holds over the whole epoch
+and no example is used twice in an epoch. A cluster too small to fill even one unit is never drawn (with a
+warning). Each epoch reshuffles, so examples that one
+epoch did not reach are drawn in later ones; `epoch_usage()` reports what each epoch used per task.
+
+State (`state_dict`): seed, epoch and the number of micro-steps already yielded in the epoch; restoring
+recomputes the epoch's schedule and continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+MIXINGS = ("proportional", "uniform", "temperature")
+CLUSTER_PER = ("micro_step", "optimizer_step")
+
+
+class ClusterAwareBatchSampler:
+    def __init__(
+        self,
+        task_of_example: Sequence[str],
+        clusters: Mapping[str, Sequence[str]],
+        micro_batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        mixing: str = "temperature",
+        temperature: float = 2.0,
+        drop_last: bool = True,
+        cluster_per: str = "micro_step",
+        grad_accum: int = 1,
+    ):
+        problems = []
+        if micro_batch_size < 1:
+            problems.append(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            problems.append(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        if mixing not in MIXINGS:
+            problems.append(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        if mixing == "temperature" and not temperature > 0:
+            problems.append(f"temperature must be > 0, got {temperature}")
+        if cluster_per not in CLUSTER_PER:
+            problems.append(f"cluster_per must be one of {CLUSTER_PER}, got {cluster_per!r}")
+        if grad_accum < 1:
+            problems.append(f"grad_accum must be >= 1, got {grad_accum}")
+        if problems:
+            raise ValueError("invalid ClusterAwareBatchSampler arguments:\n  - " + "\n  - ".join(problems))
+        cluster_of = {t: c for c, tasks in clusters.items() for t in tasks}
+        unknown = sorted(set(task_of_example) - set(cluster_of))
+        if unknown:
+            raise ValueError(f"task {unknown[0]!r} is in no cluster; tasks in the cluster map: {sorted(cluster_of)}")
+        self.clusters = {c: [t for t in tasks] for c, tasks in clusters.items()}
+        self.micro_batch_size, self.world_size, self.rank, self.seed = micro_batch_size, world_size, rank, seed
+        self.mixing, self.temperature, self.drop_last = mixing, temperature, drop_last
+        # Micro-steps that share one drawn cluster.
+        self.unit_steps = grad_accum if cluster_per == "optimizer_step" else 1
+        self.examples_of_task: dict[str, np.ndarray] = {}
+        for task in cluster_of:
+            self.examples_of_task[task] = np.array(
+                [i for i, t in enumerate(task_of_example) if t == task], dtype=np.int64
+            )
+        # Clusters and tasks without examples are never drawn.
+        self.task_weights = {
+            c: {t: self._weight(len(self.examples_of_task[t])) for t in tasks if len(self.examples_of_task[t])}
+            for c, tasks in self.clusters.items()
+        }
+        sizes = {c: sum(len(self.examples_of_task[t]) for t in tw) for c, tw in self.task_weights.items()}
+        if not any(sizes.values()):
+            raise ValueError("no examples to sample from")
+        # A cluster with fewer examples than one scheduling unit could never fill it, and drawing it would end
+        # every epoch at once: leave it out, loudly.
+        unit = world_size * micro_batch_size * self.unit_steps
+        self.cluster_weights = {c: self._weight(n) for c, n in sizes.items() if n >= unit}
+        accum = f" x {grad_accum} accumulation steps" if self.unit_steps > 1 else ""
+        if not self.cluster_weights:
+            raise ValueError(
+                f"not enough examples for one step of {world_size} ranks x {micro_batch_size} examples{accum} "
+                f"in any cluster (cluster sizes: {sizes})"
+            )
+        too_small = sorted(c for c, n in sizes.items() if 0 < n < unit)
+        if too_small:
+            warnings.warn(
+                f"clusters {too_small} have fewer than {unit} examples "
+                f"({world_size} ranks x {micro_batch_size} examples{accum}) and are never sampled",
+                stacklevel=2,
+            )
+        self.epoch, self.position = 0, 0
+        self._schedule: list[tuple[str, np.ndarray]] | None = None  # (cluster, global micro-batch) per micro-step
+        self._usage: dict[str, int] = {}
+
+    def _weight(self, n: int) -> float:
+        if self.mixing == "proportional":
+            return float(n)
+        if self.mixing == "uniform":
+            return 1.0 if n else 0.0
+        return float(n) ** (1.0 / self.temperature)
+
+    # ---- the schedule ------------------------------------------------------------------------------
+    def _build_schedule(self, epoch: int) -> tuple[list[tuple[str, np.ndarray]], dict[str, int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        queues = {t: list(rng.permutation(ix)) for t, ix in self.examples_of_task.items()}
+        names = list(self.cluster_weights)
+        p = np.array([self.cluster_weights[c] for c in names])
+        p = p / p.sum()
+        per_step = self.world_size * self.micro_batch_size
+        unit = per_step * self.unit_steps
+        schedule, usage = [], {t: 0 for t in self.examples_of_task}
+        while True:
+            cluster = names[rng.choice(len(names), p=p)]
+            tasks = list(self.task_weights[cluster])
+            left = np.array([len(queues[t]) for t in tasks])
+            if left.sum() < unit:  # the drawn cluster is used up: the epoch ends here
+                if not self.drop_last:
+                    schedule += self._last_partial_step(cluster, queues, usage)
+                return schedule, usage
+            counts = self._task_counts(rng, cluster, tasks, left, unit)
+            picked = np.array([queues[t].pop() for t, n in zip(tasks, counts, strict=True) for _ in range(n)])
+            rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
+            for t, n in zip(tasks, counts, strict=True):
+                usage[t] += int(n)
+            schedule += [(cluster, step) for step in picked.reshape(self.unit_steps, per_step)]
+
+    def _task_counts(self, rng, cluster: str, tasks: list[str], left: np.ndarray, unit: int) -> np.ndarray:
+        """How many of the unit's slots go to each task: drawn by the task law among tasks with unused examples."""
+        law = np.array([self.task_weights[cluster][t] for t in tasks])
+        counts = np.bincount(rng.choice(len(tasks), size=unit, p=law / law.sum()), minlength=len(tasks))
+        if (counts <= left).all():
+            return counts
+        # Some task ran short: draw slot by slot, each time only among tasks that still have examples.
+        counts = np.zeros(len(tasks), dtype=np.int64)
+        for _ in range(unit):
+            w = law * (counts < left)
+            counts[rng.choice(len(tasks), p=w / w.sum())] += 1
+        return counts
+
+    def _last_partial_step(self, cluster, queues, usage) -> list[tuple[str, np.ndarray]]:
+        """drop_last=False: one last step with what is left of the cluster, split evenly over the ranks."""
+        left = [i for t in self.task_weights[cluster] for i in queues[t]]
+        per_rank = min(self.micro_batch_size, len(left) // self.world_size)
+        if per_rank == 0:
+            return []
+        taken = np.array(left[: per_rank * self.world_size], dtype=np.int64)
+        for t in self.task_weights[cluster]:
+            usage[t] += int(np.isin(taken, self.examples_of_task[t]).sum())
+        return [(cluster, taken)]
+
+    def _ensure_schedule(self) -> list[tuple[str, np.ndarray]]:
+        # Never empty: every cluster that can be drawn holds at least one unit of examples.
+        if self._schedule is None:
+            self._schedule, self._usage = self._build_schedule(self.epoch)
+        return self._schedule
+
+    # ---- iteration ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Micro-steps in the current epoch."""
+        return len(self._ensure_schedule())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """This rank's micro-batches (lists of example indices) for the rest of the current epoch."""
+        schedule = self._ensure_schedule()
+        while self.position < len(schedule):
+            _, step = schedule[self.position]
+            self.position += 1
+            share = len(step) // self.world_size
+            yield step[self.rank * share : (self.rank + 1) * share].tolist()
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position, self._schedule = epoch, 0, None
+
+    def current_cluster(self) -> str:
+        """The cluster of the next micro-batch `__iter__` will yield."""
+        return self._ensure_schedule()[self.position][0]
+
+    def cluster_schedule(self) -> list[str]:
+        """The cluster of every micro-step of the current epoch (identical on every rank)."""
+        return [cluster for cluster, _ in self._ensure_schedule()]
+
+    def epoch_usage(self) -> dict[str, int]:
+        """Examples of each task the current epoch's schedule uses (over all ranks)."""
+        self._ensure_schedule()
+        return dict(self._usage)
+
+    # ---- checkpointing -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "world_size": self.world_size}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
+        if state.get("world_size", self.world_size) != self.world_size:
+            raise ValueError(
+                f"sampler state was saved with world_size {state['world_size']}, this run has {self.world_size}: "
+                "positions of a different world size do not map onto these batches"
+            )
+        self.set_epoch(int(state["epoch"]))
+        self.position = int(state["position"])
