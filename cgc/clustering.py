@@ -27,7 +27,7 @@ def task_gradients(
     base_model,
     tokenizer,
     examples_by_task: Mapping[str, Sequence[dict]],
-    target_modules: list[str] | str = ("q_proj", "v_proj"),
+    target_modules: list[str] | str | None = None,
     r: int = 4,
     warmup_steps: int = 10,
     lr: float = 1e-3,
@@ -37,30 +37,27 @@ def task_gradients(
 ) -> dict[str, torch.Tensor]:
     """Flattened mean gradient of each task's loss w.r.t. a shared LoRA (attached to `base_model` in place)."""
     tasks = list(examples_by_task)
-    model = attach(
-        base_model,
-        shared_lora(
-            tasks, r=r, target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules
-        ),
-    )
+    model = attach(base_model, shared_lora(tasks, r=r, target_modules=target_modules or ["q_proj", "v_proj"]))
     model.train()
     params = [p for _, p in model.trainable_parameters()]
     collate = MultiTaskCollator(tokenizer.pad_token_id)
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
-    def batch_of(task_examples: list[tuple[str, dict]]) -> dict:
+    def loss_of(task_examples: list[tuple[str, dict]]) -> torch.Tensor:
         features = []
         for task, ex in task_examples:
             encoded = encode_example(tokenizer, ex["input"], ex["target"], max_length)
             if not encoded["dropped"]:
                 features.append({**encoded, "task_id": model.task_id(task)})
-        return collate(features)
+        if not features:
+            raise ValueError(f"every example of {sorted({t for t, _ in task_examples})} is longer than max_length")
+        return model(**collate(features)).loss
 
     pool = [(t, ex) for t, exs in examples_by_task.items() for ex in exs]
     optimizer = torch.optim.AdamW(params, lr=lr)
     for _ in range(warmup_steps):
-        model(**batch_of(rng.sample(pool, min(batch_size, len(pool))))).loss.backward()
+        loss_of(rng.sample(pool, min(batch_size, len(pool)))).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -68,8 +65,8 @@ def task_gradients(
     for task, exs in examples_by_task.items():
         for start in range(0, len(exs), batch_size):
             chunk = [(task, ex) for ex in exs[start : start + batch_size]]
-            # Weight by chunk size so the result is the mean over the task's examples.
-            (model(**batch_of(chunk)).loss * len(chunk) / len(exs)).backward()
+            # Each chunk's (token-mean) loss weighted by its share of the task's examples.
+            (loss_of(chunk) * len(chunk) / len(exs)).backward()
         gradients[task] = torch.cat([p.grad.detach().flatten() for p in params])
         optimizer.zero_grad(set_to_none=True)
     return gradients

@@ -1,8 +1,8 @@
 """Tokenisation of multi-task examples and the padding collator.
 
-Prompt: the input through the tokenizer's chat template (a user turn plus the generation prompt) when it has
-one, else `input + separator`. Target: the target text followed by EOS. Labels are -100 on the prompt and
-on padding, so the loss is on target tokens only.
+Prompt: the input through the tokenizer's chat template (an optional system turn, a user turn, the generation
+prompt) when it has one, else `[system_prompt + separator] + input + separator`. Target: the target text
+followed by EOS. Labels are -100 on the prompt and on padding, so the loss is on target tokens only.
 
 Truncation policy, when prompt + target exceed `max_length`: the prompt is cut from the left (its start is
 dropped, the end next to the answer is kept). The target is never cut: an example whose target + EOS alone
@@ -20,20 +20,27 @@ import torch
 IGNORE_INDEX = -100
 
 
-def prompt_token_ids(tokenizer, text: str, separator: str = "\n") -> list[int]:
+def prompt_token_ids(tokenizer, text: str, separator: str = "\n", system_prompt: str | None = None) -> list[int]:
+    """Chat template (optional system turn, user turn, generation prompt) if the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
-        return list(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        )
-    return tokenizer(text + separator)["input_ids"]
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(ids)
+    return tokenizer((f"{system_prompt}{separator}" if system_prompt else "") + text + separator)["input_ids"]
 
 
 def encode_example(
-    tokenizer, text: str, target: str, max_length: int, separator: str = "\n", min_prompt_tokens: int = 1
+    tokenizer,
+    text: str,
+    target: str,
+    max_length: int,
+    separator: str = "\n",
+    system_prompt: str | None = None,
+    min_prompt_tokens: int = 1,
 ) -> dict:
     """-> input_ids, labels, truncated (prompt was cut), dropped (target does not fit)."""
-    prompt = prompt_token_ids(tokenizer, text, separator)
+    prompt = prompt_token_ids(tokenizer, text, separator, system_prompt)
     answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(answer)
     if room < min_prompt_tokens:
@@ -52,18 +59,14 @@ def encode_example(
 class _Encoder:
     """Batched map function; an object (not a closure) so `datasets` fingerprints it and caches the result."""
 
-    def __init__(self, tokenizer, task_ids: Mapping[str, int], max_length: int, separator: str):
-        self.tokenizer, self.task_ids, self.max_length, self.separator = (
-            tokenizer,
-            dict(task_ids),
-            max_length,
-            separator,
-        )
+    def __init__(self, tokenizer, task_ids: Mapping[str, int], max_length: int, separator: str, system_prompt):
+        self.tokenizer, self.task_ids, self.max_length = tokenizer, dict(task_ids), max_length
+        self.separator, self.system_prompt = separator, system_prompt
 
     def __call__(self, batch: dict) -> dict:
         out = {"input_ids": [], "labels": [], "task_id": [], "truncated": [], "dropped": []}
         for task, text, target in zip(batch["task"], batch["input"], batch["target"], strict=True):
-            encoded = encode_example(self.tokenizer, text, target, self.max_length, self.separator)
+            encoded = encode_example(self.tokenizer, text, target, self.max_length, self.separator, self.system_prompt)
             for key in ("input_ids", "labels", "truncated", "dropped"):
                 out[key].append(encoded[key])
             out["task_id"].append(self.task_ids[task])
@@ -92,6 +95,7 @@ def tokenize_dataset(
     task_ids: Mapping[str, int],
     max_length: int,
     separator: str = "\n",
+    system_prompt: str | None = None,
     num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, TokenizationReport]:
     """Tokenise (cached by `datasets` fingerprinting), drop examples that cannot fit, report per task."""
@@ -100,7 +104,7 @@ def tokenize_dataset(
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
     encoded = dataset.map(
-        _Encoder(tokenizer, task_ids, max_length, separator),
+        _Encoder(tokenizer, task_ids, max_length, separator, system_prompt),
         batched=True,
         num_proc=num_proc,
         desc="tokenizing",

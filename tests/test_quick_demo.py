@@ -18,10 +18,12 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.stdout
-    for task in ("reverse_words", "uppercase", "add", "subtract"):
+    tasks = [t for ts in json.loads((ROOT / "recipes/data/demo/clusters.json").read_text()).values() for t in ts]
+    assert len(tasks) == 9
+    for task in tasks:
         assert task in summary
-    assert "per-task exact match" in summary
+    assert "per-task exact match" in summary and "300 examples, 0 prompts truncated, 0 dropped" in summary
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    for task in ("reverse_words", "uppercase", "add", "subtract"):
+    for task in tasks:
         config = json.loads((out / "peft" / task / "adapter_config.json").read_text())
         assert config["r"] == 24 and config["lora_alpha"] == 24

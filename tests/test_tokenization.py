@@ -88,3 +88,10 @@ def test_collator_pads_to_longest_or_multiple_and_masks_padding():
     left = MultiTaskCollator(pad_token_id=0, padding_side="left")(features)
     assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_system_prompt_goes_before_the_user_turn():
+    for chat_template, expected in ((True, "<system>Be brief.\n<user>hi\n<assistant>"), (False, "Be brief.\nhi\n")):
+        tokenizer = char_tokenizer(chat_template=chat_template)
+        encoded = encode_example(tokenizer, "hi", "ok", max_length=64, system_prompt="Be brief.")
+        assert tokenizer.decode(encoded["input_ids"]) == expected + "ok" + tokenizer.eos_token
