@@ -1,0 +1,92 @@
+"""Checkpoint bookkeeping around DeepSpeed's `save_checkpoint` / `load_checkpoint`.
+
+Layout: `<output_dir>/checkpoints/step_{N}/` holds one DeepSpeed tag (trainable state only), one
+`cgc_rank{r}.pt` per rank (sampler state and RNG states) and, written last by rank 0 after a barrier that every
+rank reaches only once its own files are on disk, `cgc_complete.json`. A directory without that marker is a
+save that crashed half-way: resume skips it with a warning and never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COMPLETE_MARKER = "cgc_complete.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def rank_state_path(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"cgc_rank{rank}.pt"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def write_rank_state(tag_dir: Path, rank: int, sampler_state: dict) -> None:
+    torch.save({"sampler": sampler_state, "rng": rng_state()}, rank_state_path(tag_dir, rank))
+
+
+def read_rank_state(tag_dir: Path, rank: int) -> dict:
+    path = rank_state_path(tag_dir, rank)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the checkpoint was written by fewer ranks than this run has; resuming on a different "
+            "number of ranks needs DeepSpeed's universal checkpoint (see README)"
+        )
+    # Our own file: numpy RNG state needs full unpickling.
+    return torch.load(path, weights_only=False)
+
+
+def mark_complete(tag_dir: Path, step: int, world_size: int) -> None:
+    tmp = tag_dir / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "world_size": world_size}))
+    os.replace(tmp, tag_dir / COMPLETE_MARKER)  # atomic: the marker is either absent or whole
+
+
+def completed_steps(checkpoints: Path) -> list[int]:
+    """Steps whose checkpoint is complete, ascending; incomplete ones are reported and skipped."""
+    steps = []
+    if not checkpoints.is_dir():
+        return steps
+    for entry in sorted(checkpoints.iterdir()):
+        match = STEP_DIR.match(entry.name)
+        if not match or not entry.is_dir():
+            continue
+        if (entry / COMPLETE_MARKER).is_file():
+            steps.append(int(match.group(1)))
+        else:
+            warnings.warn(
+                f"skipping incomplete checkpoint {entry} (no {COMPLETE_MARKER}: its save did not finish)", stacklevel=2
+            )
+    return sorted(steps)
+
+
+def resolve_resume(resume: str, checkpoints: Path) -> Path | None:
+    """The checkpoint directory to resume from: None for `none` (or `latest` with nothing saved yet)."""
+    if resume == "none":
+        return None
+    if resume == "latest":
+        steps = completed_steps(checkpoints)
+        return checkpoints / f"step_{steps[-1]}" if steps else None
+    path = Path(resume)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ValueError(f"resume={resume}: not a complete cgc checkpoint (no {COMPLETE_MARKER})")
+    return path
+
+
+def saved_world_size(tag_dir: Path) -> int:
+    return json.loads((tag_dir / COMPLETE_MARKER).read_text())["world_size"]
