@@ -1,10 +1,10 @@
-# make install | make test | make demo
+# make install | make test | make demo | make quick-demo | make bench
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo quick-demo bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,12 @@ lint: install
 test: install lint
 	$(VENV)/bin/pytest -q
 
+# The main job: the DeepSpeed recipe on 2 local ranks (GPUs, or CPU ranks over gloo on a machine without GPUs).
 demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" launch/local.sh 2 recipes/configs/smollm2_demo.yaml
+
+# The same fine-tune in one plain process, without DeepSpeed.
+quick-demo: install
 	$(PY) recipes/quick_demo.py
 
 bench: install

@@ -106,9 +106,11 @@ class RecipeConfig:
 
 
 def load_recipe_config(
-    path: str | os.PathLike, overrides: list[str] = (), root: str | os.PathLike = "."
+    path: str | os.PathLike, overrides: list[str] = (), root: str | os.PathLike = ".", check_paths: bool = True
 ) -> RecipeConfig:
-    """Read the YAML at `path`, apply overrides, build and validate. Relative paths are relative to `root`."""
+    """Read the YAML at `path`, apply overrides, build and validate. Relative paths are relative to `root`;
+    `check_paths=False` skips the checks that data, DeepSpeed and resume paths exist (configs for other machines).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -121,7 +123,7 @@ def load_recipe_config(
         _apply_override(raw, item, problems)
     config = _build(RecipeConfig, raw, "", problems)
     if config is not None:
-        problems += _check_values(config, Path(root))
+        problems += _check_values(config, Path(root), check_paths)
     if problems:
         raise ConfigError(f"invalid config {path}:\n  - " + "\n  - ".join(problems))
     return config
@@ -167,6 +169,8 @@ def _build(cls, raw, where: str, problems: list[str]):
                 problems.append(f"missing key {key}")
             continue
         value, hint = raw[name], hints[name]
+        if _accepts_float(hint) and isinstance(value, str):
+            value = _float_or_str(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, f"{key}.", problems) or hint()
         elif _fits(value, hint):
@@ -176,6 +180,17 @@ def _build(cls, raw, where: str, problems: list[str]):
     if any(p.startswith(f"missing key {where}") for p in problems):
         return None
     return cls(**values)
+
+
+def _accepts_float(hint) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
+def _float_or_str(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _fits(value, hint) -> bool:
@@ -206,12 +221,15 @@ def _describe(hint) -> str:
     )
 
 
-def _check_values(c: RecipeConfig, root: Path) -> list[str]:
+def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
     problems = []
 
     def need(ok: bool, message: str):
         if not ok:
             problems.append(message)
+
+    def exists(path: str, kind: str = "exists") -> bool:
+        return not check_paths or getattr(root / path, kind)()
 
     need(
         c.model.quantization in QUANTIZATIONS,
@@ -221,7 +239,7 @@ def _check_values(c: RecipeConfig, root: Path) -> list[str]:
     need(bool(c.data.train_files), "data.train_files is empty: give at least one training file")
     for key in ("train_files", "eval_files"):
         for name in getattr(c.data, key):
-            need((root / name).exists(), f"data.{key}: file not found: {name}")
+            need(exists(name), f"data.{key}: file not found: {name}")
     need(c.data.max_length >= 2, f"data.max_length must be >= 2, got {c.data.max_length}")
     need(c.sampler.mixing in MIXINGS, f"sampler.mixing must be one of {MIXINGS}, got {c.sampler.mixing!r}")
     need(c.sampler.temperature > 0, f"sampler.temperature must be > 0, got {c.sampler.temperature}")
@@ -246,9 +264,9 @@ def _check_values(c: RecipeConfig, root: Path) -> list[str]:
     )
     for key in ("max_new_tokens", "batch_size"):
         need(getattr(c.eval, key) >= 1, f"eval.{key} must be >= 1, got {getattr(c.eval, key)}")
-    need((root / c.deepspeed.config).is_file(), f"deepspeed.config: file not found: {c.deepspeed.config}")
+    need(exists(c.deepspeed.config, "is_file"), f"deepspeed.config: file not found: {c.deepspeed.config}")
     need(
-        c.resume in ("none", "latest") or (root / c.resume).is_dir(),
+        c.resume in ("none", "latest") or exists(c.resume, "is_dir"),
         f"resume must be none, latest or a checkpoint directory, got {c.resume!r}",
     )
     known = {f.name for f in dataclasses.fields(CGCLoraConfig)}

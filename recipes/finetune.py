@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     micro_batches = endless(loader)
     stop_at = min(cfg.train.max_steps, step + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.max_steps
     engine.train()
-    last_saved, started, total_tokens, final_loss = step, time.time(), 0.0, float("nan")
+    last_saved, train_seconds, total_tokens, final_loss = step, 0.0, 0.0, float("nan")
     while step < stop_at:
         tick = time.time()
         sums: dict[str, float] = {}  # "loss", "tokens", "seen", "task/<t>", "task_n/<t>", "cluster/<c>", ...
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"loss is {final_loss} at step {step}; this rank's batch held tasks {sorted(step_tasks)}", code=3
             )
         elapsed = time.time() - tick
+        train_seconds += elapsed
         total_tokens += totals["seen"]
         if step % cfg.train.log_every == 0 or step == stop_at:
             record = {
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         "base_param_bytes_total": base_bytes_total,
         "base_param_bytes_per_rank": max_over_ranks(base_bytes_rank),
         "peak_rss_mb": peak_rss,
-        "tokens_per_s": total_tokens / max(time.time() - started, 1e-9),
+        "tokens_per_s": total_tokens / max(train_seconds, 1e-9),  # training steps only (no load, eval, saves)
     }
     if rank == 0:
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -505,7 +506,7 @@ def evaluate(model: cgc.CGCModel, tokenizer, eval_raw, cfg: RecipeConfig, zero3:
     scores: dict[str, list[bool]] = {}
     for task, hit in (h for part in everyone for h in part):
         scores.setdefault(task, []).append(hit)
-    exact = {t: sum(v) / len(v) for t, v in scores.items()}
+    exact = {t: sum(scores[t]) / len(scores[t]) for t in model.tasks if t in scores}  # in task-id order
     return {
         "exact_match": exact,
         "count": {t: len(v) for t, v in scores.items()},

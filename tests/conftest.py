@@ -4,36 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import cgc
+from cgc.tiny import tiny_model
 
-VOCAB = 96
+VOCAB = 104  # cgc.tiny: 4 special tokens + 100 printable characters
 CLUSTERS = {"lexical": ["synonym", "antonym"], "math": ["add", "mul", "sub"]}
 
 
-TINY_SHAPE = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=2,
-)
+def tiny_llama(seed: int = 0):
+    return tiny_model("tiny-llama", seed=seed, hidden_size=32).eval()
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**TINY_SHAPE)).eval()
-
-
-def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(**TINY_SHAPE)).eval()
+def tiny_qwen2(seed: int = 0):
+    return tiny_model("tiny-qwen2", seed=seed, hidden_size=32).eval()
 
 
 MODEL_FACTORIES = {"llama": tiny_llama, "qwen2": tiny_qwen2}

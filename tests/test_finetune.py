@@ -1,0 +1,218 @@
+"""recipes/finetune.py for real: 2 CPU ranks over gloo with the deepspeed launcher, ZeRO-3 over an NF4 base."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+TINY = "recipes/configs/tiny_cpu.yaml"
+QUIET = ["eval.max_examples_per_task=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(out: Path, *overrides, launcher_args=("--num_gpus", "2")) -> list[str]:
+    return [
+        DEEPSPEED,
+        *launcher_args,
+        "--master_port",
+        str(free_port()),
+        "recipes/finetune.py",
+        "--config",
+        TINY,
+        f"output_dir={out}",
+        *overrides,
+    ]
+
+
+def launch(out: Path, *overrides, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(out, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero3") / "run"
+    result = launch(out, "train.max_steps=8", "train.save_every=4", "eval.max_examples_per_task=2")
+    return out, result.stdout
+
+
+def test_zero3_nf4_trains_on_two_ranks_and_writes_every_output(zero3_run):
+    out, stdout = zero3_run
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["zero_stage"] == 3 and summary["quantization"] == "nf4"
+    assert summary["steps"] == 8 and summary["finished"]
+    assert summary["base_param_bytes_per_rank"] <= 0.55 * summary["base_param_bytes_total"]
+    for key in ("final_loss", "trainable_params", "peak_rss_mb", "tokens_per_s"):
+        assert summary[key] > 0, key
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for r in records:
+        assert {"step", "loss", "lr", "tokens_per_s", "cluster", "task_losses", "grad_norm"} <= set(r)
+        assert r["cluster"] in ("words", "numbers", "letters") and r["task_losses"]
+    by_cluster: dict[str, list[float]] = {}
+    for r in records:
+        by_cluster.setdefault(r["cluster"], []).append(r["loss"])
+    assert any(v[-1] < v[0] for v in by_cluster.values() if len(v) > 1)  # the loss goes down on a cluster
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert any((out / "tensorboard").iterdir())
+    for step in (4, 8):
+        assert (out / "checkpoints" / f"step_{step}" / "cgc_complete.json").is_file()
+    assert (out / "adapters" / "cgc" / "adapter_model.safetensors").is_file()
+    tasks = [t for ts in json.loads((ROOT / "recipes/data/demo/clusters.json").read_text()).values() for t in ts]
+    for task in tasks:
+        config = json.loads((out / "adapters" / "peft" / task / "adapter_config.json").read_text())
+        assert config["r"] == 12
+    scores = json.loads((out / "eval.json").read_text())
+    assert set(scores["exact_match"]) == set(tasks) and all(n == 2 for n in scores["count"].values())
+    assert "per-task exact match" in stdout
+
+
+def test_adapter_written_under_zero3_matches_a_fresh_attach_with_its_weights(zero3_run):
+    # The gathered ZeRO-3 partitions must have been saved whole, with non-zero B after training.
+    out, _ = zero3_run
+    saved = load_file(out / "adapters" / "cgc" / "adapter_model.safetensors")
+    b = [v for k, v in saved.items() if k.endswith("lora_B")]
+    assert b and all(t.dim() == 2 and t.numel() > 0 for t in b)
+    assert any(t.abs().sum() > 0 for t in b)
+
+
+def test_zero3_follows_zero2_step_for_step(zero3_run, tmp_path):
+    # With one cluster per step most clusters are absent from any given step; ZeRO-3 must not re-apply their
+    # previous gradients (it would without clearing its persistent gradient partitions).
+    out, _ = zero3_run
+    zero2 = tmp_path / "zero2"
+    launch(zero2, "train.max_steps=8", "deepspeed.config=ds_configs/zero2.json", *QUIET)
+    a, b = losses(out), losses(zero2)
+    assert a.keys() == b.keys()
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+
+
+def test_resume_is_exact(zero3_run, tmp_path):
+    out, _ = zero3_run
+    resumed = tmp_path / "resumed"
+    launch(resumed, "train.max_steps=8", "train.stop_after=4", *QUIET)
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
+    assert not (resumed / "adapters").exists()  # stopped early: no final exports yet
+    result = launch(resumed, "train.max_steps=8", "resume=latest", *QUIET)
+    assert "resumed from" in result.stdout and "step_4" in result.stdout
+    full, again = losses(out), losses(resumed)
+    assert sorted(again) == list(range(1, 9))
+    for step in range(5, 9):
+        assert abs(full[step] - again[step]) <= 1e-6, (step, full[step], again[step])
+
+
+def test_sigterm_checkpoints_and_exits_zero_and_resume_skips_an_incomplete_checkpoint(tmp_path):
+    out = tmp_path / "preempted"
+    cmd = command(out, "train.max_steps=500", "train.save_every=0", *QUIET)
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.5)
+    assert metrics.exists(), "training never started"
+    # A scheduler preempting the job signals every process of it: here, both ranks.
+    pattern = f"recipes/finetune.py --local_rank=.*output_dir={out}"  # the rank processes, not the launchers
+    ranks = [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+    assert len(ranks) == 2
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output[-3000:]
+    assert "stopped by SIGTERM" in output
+    saved = sorted((out / "checkpoints").glob("step_*/cgc_complete.json"))
+    assert len(saved) == 1
+    stopped_at = json.loads(saved[0].read_text())["step"]
+    assert 2 <= stopped_at < 500
+    # A save that died half-way: a later step's directory without the completion marker.
+    broken = out / "checkpoints" / f"step_{stopped_at + 100}"
+    broken.mkdir()
+    (broken / "cgc_rank0.pt").write_bytes(b"partial")
+    result = launch(out, f"train.max_steps={stopped_at + 1}", "resume=latest", *QUIET)
+    assert f"skipping incomplete checkpoint {broken}" in result.stderr + result.stdout
+    assert f"resumed from {saved[0].parent} at step {stopped_at}" in result.stdout
+    assert max(losses(out)) == stopped_at + 1
+
+
+def test_two_single_rank_launchers_as_two_nodes_match_one_launcher(zero3_run, tmp_path):
+    out, _ = zero3_run
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    nodes = tmp_path / "nodes"
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [
+                DEEPSPEED,
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                "recipes/finetune.py",
+                "--config",
+                TINY,
+                f"output_dir={nodes}",
+                "train.max_steps=8",
+                *QUIET,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-2000:] + outputs[1][-2000:]
+    assert json.loads((nodes / "run_summary.json").read_text())["world_size"] == 2
+    a, b = losses(out), losses(nodes)
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) <= 1e-6 for s in a)
+    ours = load_file(nodes / "adapters" / "cgc" / "adapter_model.safetensors")
+    theirs = load_file(out / "adapters" / "cgc" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "unknown key train.lrr (did you mean train.lr?)"),
+        (["train.lr=-0.5"], "train.lr must be > 0, got -0.5"),
+        (["data.train_files=[missing.jsonl]"], "data.train_files: file not found: missing.jsonl"),
+        (["cgc.target_modules=[query_key_value]", "model.quantization=none"], "matched no module"),
+    ],
+    ids=["unknown-key", "negative-lr", "missing-data", "targets-match-nothing"],
+)
+def test_bad_config_exits_nonzero_with_one_clear_message(tmp_path, overrides, message):
+    cmd = [sys.executable, "recipes/finetune.py", "--config", TINY, f"output_dir={tmp_path / 'bad'}", *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
