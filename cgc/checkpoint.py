@@ -12,6 +12,9 @@ import json
 import os
 import random
 import re
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -90,3 +93,42 @@ def resolve_resume(resume: str, checkpoints: Path) -> Path | None:
 
 def saved_world_size(tag_dir: Path) -> int:
     return json.loads((tag_dir / COMPLETE_MARKER).read_text())["world_size"]
+
+
+def is_universal(tag_dir: Path) -> bool:
+    return bool(json.loads((tag_dir / COMPLETE_MARKER).read_text()).get("universal"))
+
+
+def to_universal(tag_dir: Path) -> Path:
+    """Convert a complete checkpoint with DeepSpeed's ds_to_universal into `<tag_dir>_universal`, which a run
+    with any number of ranks can resume from (the recipe then sets "load_universal" itself)."""
+    tag_dir = Path(tag_dir)
+    if not (tag_dir / COMPLETE_MARKER).is_file():
+        raise ValueError(f"{tag_dir} is not a complete cgc checkpoint (no {COMPLETE_MARKER})")
+    out = tag_dir.parent / f"{tag_dir.name}_universal"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(tag_dir),
+            "--output_folder",
+            str(out),
+        ],
+        check=True,
+    )
+    # Rank 0's state carries the epoch; sampler positions of another world size do not carry over.
+    shutil.copy(rank_state_path(tag_dir, 0), out / "cgc_rank0.pt")
+    info = json.loads((tag_dir / COMPLETE_MARKER).read_text())
+    (out / COMPLETE_MARKER).write_text(json.dumps({**info, "universal": True}))
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cgc.checkpoint")
+    parser.add_argument("command", choices=["to-universal"])
+    parser.add_argument("checkpoint", help="a checkpoints/step_N directory")
+    print(to_universal(Path(parser.parse_args().checkpoint)))

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = out / "checkpoints"
 
     # ---- 2. process group: nccl on GPUs, gloo on CPU ranks --------------------------------------------------
-    import deepspeed  # noqa: E402 - slow import, after the config is known to be good
+    import deepspeed  # a slow import: only once the config is known to be good
 
     if "RANK" not in os.environ:  # plain `python recipes/finetune.py`: a run of world size 1
         os.environ.update(
@@ -136,6 +136,19 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = torch.optim.AdamW(groups)
     from transformers import get_scheduler
 
+    try:
+        resume_dir = ckpt.resolve_resume(cfg.resume, checkpoints)
+    except ValueError as err:
+        error_exit(str(err))
+    if resume_dir is not None:
+        if ckpt.is_universal(resume_dir):
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        elif ckpt.saved_world_size(resume_dir) != world:
+            error_exit(
+                f"{resume_dir} was saved by {ckpt.saved_world_size(resume_dir)} ranks and this run has {world}: "
+                f"convert it first with `python -m cgc.checkpoint to-universal {resume_dir}` and resume from the "
+                "*_universal directory it writes"
+            )
     schedule = "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
@@ -147,16 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- 6. resume ------------------------------------------------------------------------------------------
     step = 0
-    try:
-        resume_dir = ckpt.resolve_resume(cfg.resume, checkpoints)
-    except ValueError as err:
-        error_exit(str(err))
     if resume_dir is not None:
-        if ckpt.saved_world_size(resume_dir) != world:
-            error_exit(
-                f"{resume_dir} was saved by {ckpt.saved_world_size(resume_dir)} ranks and this run has {world}: "
-                "convert it with DeepSpeed's ds_to_universal and resume from that (see README, 'Resuming elsewhere')"
-            )
         _, client_state = engine.load_checkpoint(
             str(resume_dir.parent),
             tag=resume_dir.name,
@@ -164,11 +168,17 @@ def main(argv: list[str] | None = None) -> None:
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
-        state = ckpt.read_rank_state(resume_dir, rank)
-        sampler.load_state_dict(state["sampler"])
-        ckpt.set_rng_state(state["rng"])
         step = client_state["step"]
-        print0(f"resumed from {resume_dir} at step {step}")
+        if ckpt.is_universal(resume_dir):
+            # Sampler positions of another world size do not map onto this run's batches: start the next epoch.
+            epoch = ckpt.read_rank_state(resume_dir, 0)["sampler"]["epoch"]
+            sampler.set_epoch(epoch + 1)
+            print0(f"resumed from universal checkpoint {resume_dir} at step {step}; data restarts at epoch {epoch + 1}")
+        else:
+            state = ckpt.read_rank_state(resume_dir, rank)
+            sampler.load_state_dict(state["sampler"])
+            ckpt.set_rng_state(state["rng"])
+            print0(f"resumed from {resume_dir} at step {step}")
 
     # ---- 7. train --------------------------------------------------------------------------------------------
     log = RunLog(out, cfg, rank, resume_from=step)
@@ -183,12 +193,12 @@ def main(argv: list[str] | None = None) -> None:
         sums: dict[str, float] = {}  # "loss", "tokens", "seen", "task/<t>", "task_n/<t>", "cluster/<c>", ...
         step_clusters, step_tasks = [], set()
         for _ in range(cfg.train.grad_accum):
-            batch = next(micro_batches)
+            batch = {k: v.to(engine.device) for k, v in next(micro_batches).items()}
             cluster = cfg.cgc_config.cluster_of[model.tasks[int(batch["task_ids"][0])]]
             logits = engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
             ).logits
-            loss, per_sample, per_sample_tokens = token_loss(logits, batch["labels"].to(logits.device))
+            loss, per_sample, per_sample_tokens = token_loss(logits, batch["labels"])
             engine.backward(loss)
             engine.step()
             step_clusters.append(cluster)

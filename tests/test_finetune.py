@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,3 +218,53 @@ def test_bad_config_exits_nonzero_with_one_clear_message(tmp_path, overrides, me
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_tasks(tmp_path):
+    cmd = [
+        sys.executable,
+        "recipes/finetune.py",
+        "--config",
+        TINY,
+        f"output_dir={tmp_path / 'nan'}",
+        "train.lr=1e30",
+        "train.max_grad_norm=0",
+        "train.warmup_steps=0",
+        "train.max_steps=6",
+        "model.quantization=none",
+        "deepspeed.config=ds_configs/zero2.json",
+        *QUIET,
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 3, (result.stdout + result.stderr)[-3000:]
+    assert re.search(r"error: loss is (nan|inf|-inf) at step \d; this rank's batch held tasks \['", result.stderr)
+
+
+def test_universal_checkpoint_resumes_on_another_number_of_ranks(zero3_run, tmp_path):
+    out, _ = zero3_run
+    run = tmp_path / "run"
+    shutil.copytree(out / "checkpoints", run / "checkpoints")
+    step_4 = run / "checkpoints" / "step_4"
+    # A plain resume on a different world size is refused with the way out.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    single = [sys.executable, "recipes/finetune.py", "--config", TINY, f"output_dir={run}", "train.max_steps=4", *QUIET]
+    refused = subprocess.run([*single, f"resume={step_4}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "python -m cgc.checkpoint to-universal" in refused.stderr
+    subprocess.run(
+        [sys.executable, "-m", "cgc.checkpoint", "to-universal", str(step_4)], cwd=ROOT, check=True, capture_output=True
+    )
+    universal = run / "checkpoints" / "step_4_universal"
+    result = subprocess.run([*single, f"resume={universal}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "resumed from universal checkpoint" in result.stdout
+    # Nothing trained after loading: the 1-rank export must be the 2-rank step-4 state.
+    two_ranks = tmp_path / "two"
+    shutil.copytree(out / "checkpoints", two_ranks / "checkpoints")
+    launch(two_ranks, "train.max_steps=4", f"resume={two_ranks / 'checkpoints' / 'step_4'}", *QUIET)
+    one = load_file(run / "adapters" / "cgc" / "adapter_model.safetensors")
+    two = load_file(two_ranks / "adapters" / "cgc" / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    assert any(two[k].abs().sum() > 0 for k in two if k.endswith("lora_B"))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=0, rtol=0, msg=key)
