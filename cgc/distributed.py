@@ -16,12 +16,6 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def print0(*args, **kwargs) -> None:
     """The one place recipes print from: rank 0 only."""
     if rank() == 0:
@@ -55,6 +49,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def max_over_ranks(value: float) -> float:
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
 
 
 def any_rank(flag: bool) -> bool:

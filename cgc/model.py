@@ -185,6 +185,15 @@ class CGCModel(nn.Module):
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for _, p in self.trainable_parameters())
 
+    def optimizer_groups(self, lr: float, gate_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer parameter groups: experts at `lr` (with weight decay), gate logits at `gate_lr` (without)."""
+        experts = [p for n, p in self.trainable_parameters() if not n.endswith("gate_logits")]
+        gates = [p for n, p in self.trainable_parameters() if n.endswith("gate_logits")]
+        groups = [{"params": experts, "lr": lr, "weight_decay": weight_decay}]
+        if gates:  # configurations with one expert per task have no gate
+            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+        return groups
+
     def cluster_parameters(self, cluster: str) -> list[nn.Parameter]:
         if cluster not in self.cgc_config.clusters:
             raise ValueError(f"unknown cluster {cluster!r}; clusters: {list(self.cgc_config.clusters)}")

@@ -39,12 +39,14 @@ from cgc.distributed import (
     clear_zero3_gradient_partitions,
     error_exit,
     gathered,
+    max_over_ranks,
     print0,
     rank0_first,
 )
+from cgc.generation import greedy_answers
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.sampler import ClusterAwareBatchSampler
-from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, prompt_token_ids, tokenize_dataset
+from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,11 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # ---- 5. optimizer (experts and gates at their own learning rates), schedule, DeepSpeed engine -----------
-    experts = [p for n, p in model.trainable_parameters() if not n.endswith("gate_logits")]
-    gates = [p for n, p in model.trainable_parameters() if n.endswith("gate_logits")]
-    groups = [{"params": experts, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}]
-    if gates:
-        groups.append({"params": gates, "lr": cfg.train.gate_lr, "weight_decay": 0.0})
+    groups = model.optimizer_groups(cfg.train.lr, cfg.train.gate_lr, cfg.train.weight_decay)
     if "offload_optimizer" in ds_config["zero_optimization"]:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -485,32 +483,15 @@ def evaluate(model: cgc.CGCModel, tokenizer, eval_raw, cfg: RecipeConfig, zero3:
     mine = examples[rank::world]
     # Under ZeRO-3 every rank must run the same number of forward passes: pad with a repeat, drop its result.
     batches = math.ceil(math.ceil(len(examples) / world) / cfg.eval.batch_size)
-    collate = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")
     hits = []
     for b in range(batches):
         chunk = mine[b * cfg.eval.batch_size : (b + 1) * cfg.eval.batch_size]
         real = len(chunk)
         chunk = chunk or examples[:1]
-        features = [
-            {
-                "input_ids": prompt_token_ids(tokenizer, ex["input"], system_prompt=cfg.data.system_prompt),
-                "task_id": model.task_id(ex["task"]),
-            }
-            for ex in chunk
-        ]
-        batch = {k: v.to(model.device) for k, v in collate(features).items()}
-        generated = model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            task_ids=batch["task_ids"],
-            max_new_tokens=cfg.eval.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            synced_gpus=zero3 and world > 1,
+        answers = greedy_answers(
+            model, tokenizer, chunk, cfg.eval.max_new_tokens, cfg.data.system_prompt, synced_gpus=zero3 and world > 1
         )
-        width = batch["input_ids"].shape[1]
-        for ex, row in list(zip(chunk, generated[:, width:], strict=True))[:real]:
-            hits.append((ex["task"], tokenizer.decode(row, skip_special_tokens=True).strip() == ex["target"]))
+        hits += [(ex["task"], answer == ex["target"]) for ex, answer in list(zip(chunk, answers, strict=True))[:real]]
     everyone = [None] * world
     dist.all_gather_object(everyone, hits)
     scores: dict[str, list[bool]] = {}
@@ -519,15 +500,9 @@ def evaluate(model: cgc.CGCModel, tokenizer, eval_raw, cfg: RecipeConfig, zero3:
     exact = {t: sum(scores[t]) / len(scores[t]) for t in model.tasks if t in scores}  # in task-id order
     return {
         "exact_match": exact,
-        "count": {t: len(v) for t, v in scores.items()},
+        "count": {t: len(scores[t]) for t in exact},
         "mean_exact_match": sum(exact.values()) / len(exact),
     }
-
-
-def max_over_ranks(value: float) -> float:
-    tensor = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.item()
 
 
 def free_port() -> int:

@@ -27,42 +27,22 @@ from tqdm import tqdm
 import cgc
 from cgc.base_model import load_base_model
 from cgc.data import check_tasks, load_examples
+from cgc.generation import greedy_answers
 from cgc.sampler import ClusterAwareBatchSampler
-from cgc.tokenization import MultiTaskCollator, prompt_token_ids, tokenize_dataset
+from cgc.tokenization import MultiTaskCollator, tokenize_dataset
 
 DEMO = Path(__file__).parent / "data" / "demo"
 # Short on purpose: without one, SmolLM2's chat template adds a long default system prompt to every example.
 SYSTEM_PROMPT = "Answer with the result only."
 
 
-@torch.no_grad()
 def exact_match(model: cgc.CGCModel, tokenizer, examples: list[dict], batch_size: int = 48) -> dict[str, float]:
-    """Greedy generation on mixed-task batches (left-padded); exact match of the stripped answer per task."""
+    """Greedy generation on mixed-task batches; exact match of the stripped answer per task."""
     model.eval()
-    collate = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")
     hits: dict[str, list[bool]] = {}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = collate(
-            [
-                {
-                    "input_ids": prompt_token_ids(tokenizer, ex["input"], system_prompt=SYSTEM_PROMPT),
-                    "task_id": model.task_id(ex["task"]),
-                }
-                for ex in chunk
-            ]
-        )
-        out = model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            task_ids=batch["task_ids"],
-            max_new_tokens=12,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        width = batch["input_ids"].shape[1]
-        for ex, row in zip(chunk, out[:, width:], strict=True):
-            answer = tokenizer.decode(row, skip_special_tokens=True).strip()
+        for ex, answer in zip(chunk, greedy_answers(model, tokenizer, chunk, 12, SYSTEM_PROMPT), strict=True):
             hits.setdefault(ex["task"], []).append(answer == ex["target"])
     model.train()
     return {task: sum(h) / len(h) for task, h in hits.items()}
@@ -111,9 +91,7 @@ def main():
     ]
     before = exact_match(model, tokenizer, evaluation)
 
-    gates = [p for n, p in model.trainable_parameters() if n.endswith("gate_logits")]
-    experts = [p for n, p in model.trainable_parameters() if not n.endswith("gate_logits")]
-    optimizer = torch.optim.AdamW([{"params": experts, "lr": args.lr}, {"params": gates, "lr": args.gate_lr}])
+    optimizer = torch.optim.AdamW(model.optimizer_groups(args.lr, args.gate_lr))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[args.lr, args.gate_lr], total_steps=args.steps, pct_start=0.1
     )

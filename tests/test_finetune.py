@@ -268,3 +268,25 @@ def test_universal_checkpoint_resumes_on_another_number_of_ranks(zero3_run, tmp_
     assert any(two[k].abs().sum() > 0 for k in two if k.endswith("lora_B"))
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=0, rtol=0, msg=key)
+
+
+def test_torchrun_trains_to_the_same_losses_as_the_deepspeed_launcher(zero3_run, tmp_path):
+    out, _ = zero3_run
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "recipes/finetune.py",
+        "--config",
+        TINY,
+        f"output_dir={tmp_path / 'torchrun'}",
+        "train.max_steps=8",
+        *QUIET,
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    a, b = losses(out), losses(tmp_path / "torchrun")
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) <= 1e-6 for s in a)

@@ -182,3 +182,15 @@ def test_load_adapter_into_a_different_model_is_refused(cgc_model, tmp_path):
         cgc.load_adapter(tiny_llama(), tmp_path)
     with pytest.raises(FileNotFoundError, match="cgc_config.json"):
         cgc.load_adapter(tiny_llama(), tmp_path / "missing")
+
+
+def test_optimizer_groups_split_experts_and_gates():
+    model = cgc.attach(tiny_llama(), make_config())
+    experts, gates = model.optimizer_groups(lr=1e-3, gate_lr=1e-2, weight_decay=0.1)
+    assert (experts["lr"], experts["weight_decay"], gates["lr"], gates["weight_decay"]) == (1e-3, 0.1, 1e-2, 0.0)
+    names = {id(p): n for n, p in model.trainable_parameters()}
+    assert all(not names[id(p)].endswith("gate_logits") for p in experts["params"])
+    assert all(names[id(p)].endswith("gate_logits") for p in gates["params"])
+    assert len(experts["params"]) + len(gates["params"]) == len(names)
+    no_gate = cgc.attach(tiny_llama(), cgc.presets.per_task_lora(["a", "b"], r=2, target_modules=["q_proj"]))
+    assert len(no_gate.optimizer_groups(1e-3, 1e-2)) == 1
