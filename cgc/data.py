@@ -170,9 +170,6 @@ class _Reader:
         for field, values in (("task", tasks), ("input", inputs), ("target", targets)):
             for i, value in enumerate(values):
                 if not isinstance(value, str) or (field == "task" and not value):
-                    raise DataError(
-                        f"{_line_of_row(self.where, indices[i])}: {field} must be a non-empty string"
-                        if field == "task"
-                        else f"{_line_of_row(self.where, indices[i])}: {field} must be a string, got {value!r}"
-                    )
+                    wanted = "a non-empty string" if field == "task" else f"a string, got {value!r}"
+                    raise DataError(f"{_line_of_row(self.where, indices[i])}: {field} must be {wanted}")
         return {"task": list(tasks), "input": list(inputs), "target": list(targets)}

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides)
-        clusters = cfg.cgc_config.clusters
+        cgc_config = cfg.cgc_config  # built (and validated) once: the property makes a new one on every access
+        clusters = cgc_config.clusters
         train_raw = load_examples(cfg.data.train_files, cfg.data.format, cfg.data.task_field)
         check_tasks(train_raw, clusters)
         eval_raw = (
@@ -89,19 +90,18 @@ def main(argv: list[str] | None = None) -> None:
     # ---- 3. base model and CGC-LoRA -------------------------------------------------------------------------
     model, tokenizer, hf_ds_config = build_base_model(cfg, ds_config, zero3)
     try:
-        model = cgc.attach(model, cfg.cgc_config)
+        model = cgc.attach(model, cgc_config)
     except ValueError as err:  # e.g. target_modules matching nothing: a config problem, not a crash
         error_exit(f"cgc: {err}")
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     trainable_params = model.num_trainable_parameters()
-    tasks = len(model.tasks)
-    print0(
-        f"CGC-LoRA on {cfg.model.name_or_path}: {len(clusters)} clusters, {tasks} tasks, {trainable_params:,} trainable"
-    )
+    tasks, cluster_of = model.tasks, cgc_config.cluster_of  # looked up per sample in the loop below
+    counts = f"{len(clusters)} clusters, {len(tasks)} tasks, {trainable_params:,} trainable"
+    print0(f"CGC-LoRA on {cfg.model.name_or_path}: {counts}")
 
     # ---- 4. data: tokenised once (rank 0 fills the datasets cache), one cluster per micro-step on all ranks -
-    task_ids = {t: model.task_id(t) for t in model.tasks}
+    task_ids = {t: model.task_id(t) for t in tasks}
     with rank0_first():
         train_set, report = tokenize_dataset(
             train_raw, tokenizer, task_ids, cfg.data.max_length, system_prompt=cfg.data.system_prompt
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             print0(f"resumed from {resume_dir} at step {step}")
 
     # ---- 7. train --------------------------------------------------------------------------------------------
-    log = RunLog(out, cfg, rank, resume_from=step)
+    log = RunLog(out, cgc_config.num_shared_experts, rank, resume_from=step)
     preempted = Preemption()
     progress = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
     micro_batches = endless(loader)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         step_clusters, step_tasks = [], set()
         for _ in range(cfg.train.grad_accum):
             batch = {k: v.to(engine.device) for k, v in next(micro_batches).items()}
-            cluster = cfg.cgc_config.cluster_of[model.tasks[int(batch["task_ids"][0])]]
+            cluster = cluster_of[tasks[int(batch["task_ids"][0])]]
             logits = engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
             ).logits
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
             for tid, s, n in zip(
                 batch["task_ids"].tolist(), per_sample.tolist(), per_sample_tokens.tolist(), strict=True
             ):
-                add(sums, f"task/{model.tasks[tid]}", s)
-                add(sums, f"task_n/{model.tasks[tid]}", n)
-                step_tasks.add(model.tasks[tid])
+                add(sums, f"task/{tasks[tid]}", s)
+                add(sums, f"task_n/{tasks[tid]}", n)
+                step_tasks.add(tasks[tid])
         grad_norm = optional_float(engine.get_global_grad_norm())
         if zero3:
             clear_zero3_gradient_partitions(engine)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         keys = sorted(
             set(sums)
             | {f"{k}/{c}" for k in ("cluster", "cluster_n") for c in clusters}
-            | {f"{k}/{t}" for k in ("task", "task_n") for t in model.tasks}
+            | {f"{k}/{t}" for k in ("task", "task_n") for t in tasks}
         )
         totals = dict(zip(keys, all_reduce_sum([sums.get(k, 0.0) for k in keys]), strict=True))
         final_loss = totals["loss"] / world
@@ -235,16 +235,14 @@ def main(argv: list[str] | None = None) -> None:
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": totals["seen"] / elapsed,
                 "cluster": step_clusters[0] if len(set(step_clusters)) == 1 else step_clusters,
-                "task_losses": {
-                    t: totals[f"task/{t}"] / totals[f"task_n/{t}"] for t in model.tasks if totals[f"task_n/{t}"]
-                },
+                "task_losses": {t: totals[f"task/{t}"] / totals[f"task_n/{t}"] for t in tasks if totals[f"task_n/{t}"]},
                 "cluster_losses": {
                     c: totals[f"cluster/{c}"] / totals[f"cluster_n/{c}"] for c in clusters if totals[f"cluster_n/{c}"]
                 },
                 "grad_norm": grad_norm,
             }
             with gathered((p for n, p in model.trainable_parameters() if n.endswith("gate_logits")), zero3):
-                gates_now = {t: mean_gate(model, t) for t in model.tasks}
+                gates_now = {t: mean_gate(model, t) for t in tasks}
             log.write(record, gates_now)
             progress.set_postfix(loss=f"{final_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         progress.update()
@@ -267,13 +265,13 @@ def main(argv: list[str] | None = None) -> None:
             (out / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
             print0("\nper-task exact match (greedy) on held-out examples:")
             for task, score in scores["exact_match"].items():
-                print0(f"  {task:<16}{cfg.cgc_config.cluster_of[task]:<12}{score:6.2f}   (n={scores['count'][task]})")
+                print0(f"  {task:<16}{cluster_of[task]:<12}{score:6.2f}   (n={scores['count'][task]})")
             print0(f"  {'mean':<28}{scores['mean_exact_match']:6.2f}")
     if finished:
         with gathered((p for _, p in model.trainable_parameters()), zero3):
             if rank == 0:
                 model.save_adapter(out / "adapters" / "cgc")
-                for task in model.tasks:
+                for task in tasks:
                     cgc.export_peft_adapter(model, task, out / "adapters" / "peft" / task)
     peak_rss = max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     summary = {
@@ -411,8 +409,8 @@ def mean_gate(model: cgc.CGCModel, task: str) -> list[float]:
 class RunLog:
     """metrics.jsonl (one object per logged step) and TensorBoard scalars, written by rank 0."""
 
-    def __init__(self, out: Path, cfg: RecipeConfig, rank: int, resume_from: int):
-        self.rank, self.cfg = rank, cfg
+    def __init__(self, out: Path, num_shared: int, rank: int, resume_from: int):
+        self.rank, self.num_shared = rank, num_shared
         self.path = out / "metrics.jsonl"
         self.writer = None
         if rank != 0:
@@ -439,7 +437,7 @@ class RunLog:
             w.add_scalar(f"loss_task/{task}", value, step)
         for cluster, value in record["cluster_losses"].items():
             w.add_scalar(f"loss_cluster/{cluster}", value, step)
-        S = self.cfg.cgc_config.num_shared_experts
+        S = self.num_shared
         for task, weights in gates.items():
             for k, g in enumerate(weights):
                 w.add_scalar(f"gate/{task}/{'shared' if k < S else 'own'}{k if k < S else k - S}", g, step)

@@ -95,11 +95,12 @@ def main():
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[args.lr, args.gate_lr], total_steps=args.steps, pct_start=0.1
     )
+    cluster_of = config.cluster_of  # a property that builds a dict: once, not per step
     progress = tqdm(total=args.steps, desc="train", unit="step")
     step = 0
     while step < args.steps:  # each pass over the loader is one sampler epoch
         for batch in loader:
-            cluster = config.cluster_of[config.tasks[int(batch["task_ids"][0])]]
+            cluster = cluster_of[config.tasks[int(batch["task_ids"][0])]]
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
