@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 
 import torch
@@ -27,6 +28,13 @@ def error_exit(message: str, code: int = 2) -> None:
     if rank() == 0:
         print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a rendezvous (MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:

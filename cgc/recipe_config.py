@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from cgc.config import CGCLoraConfig
+from cgc.metrics import task_metrics
 from cgc.sampler import CLUSTER_PER, MIXINGS
 
 QUANTIZATIONS = ("none", "nf4", "int8")
@@ -74,9 +75,11 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    max_examples_per_task: int = 32
+    max_examples_per_task: int = 32  # 0 = no eval phase in finetune.py
     max_new_tokens: int = 32
     batch_size: int = 16
+    default_metric: str | dict = "exact_match"  # a metric name, or {name: ..., <options>} (see cgc.metrics)
+    metrics: dict = field(default_factory=dict)  # task -> metric, for tasks that do not use the default
 
 
 @dataclass
@@ -282,7 +285,11 @@ def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
     if unknown or "clusters" not in c.cgc:
         return problems
     try:
-        CGCLoraConfig(**c.cgc)
+        tasks = CGCLoraConfig(**c.cgc).tasks
     except ValueError as err:
-        problems += [f"cgc: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
+        return problems + [f"cgc: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
+    try:
+        task_metrics(tasks, c.eval.default_metric, c.eval.metrics)
+    except ValueError as err:
+        problems.append(str(err))
     return problems

@@ -18,9 +18,7 @@ import math
 import os
 import resource
 import signal
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +36,14 @@ from cgc.distributed import (
     barrier,
     clear_zero3_gradient_partitions,
     error_exit,
+    free_port,
     gathered,
     max_over_ranks,
     print0,
     rank0_first,
 )
-from cgc.generation import greedy_answers
+from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks, write_results
+from cgc.metrics import task_metrics
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if eval_raw is not None:
             check_tasks(eval_raw, clusters)
+        metrics = task_metrics(cgc_config.tasks, cfg.eval.default_metric, cfg.eval.metrics)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         ds_config = deepspeed_config(cfg, world)
     except (ConfigError, DataError) as err:
@@ -260,13 +261,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- 8. eval, adapters, summary -------------------------------------------------------------------------
     if finished and eval_raw is not None and cfg.eval.max_examples_per_task:
-        scores = evaluate(engine.module, tokenizer, eval_raw, cfg, zero3, world, rank)
+        examples = pick_examples(eval_raw, cfg.eval.max_examples_per_task, tasks)
+        e = cfg.eval
+        answers = generate_answers(
+            engine.module, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
+        )
+        results = score_tasks(examples, answers, metrics, cluster_of)
         if rank == 0:
-            (out / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
-            print0("\nper-task exact match (greedy) on held-out examples:")
-            for task, score in scores["exact_match"].items():
-                print0(f"  {task:<16}{cluster_of[task]:<12}{score:6.2f}   (n={scores['count'][task]})")
-            print0(f"  {'mean':<28}{scores['mean_exact_match']:6.2f}")
+            write_results(out, results, examples, answers)
+            print0(f"\nper-task scores (greedy, held-out examples; {out / 'eval.md'}):\n{markdown_table(results)}")
     if finished:
         with gathered((p for _, p in model.trainable_parameters()), zero3):
             if rank == 0:
@@ -329,38 +332,15 @@ def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
 
 def build_base_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
     """-> (model, tokenizer, HfDeepSpeedConfig or None). The last must stay alive while the model is built."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.integrations import HfDeepSpeedConfig
 
-    from cgc.base_model import load_base_model
-    from cgc.tiny import TINY_MODELS, char_tokenizer, tiny_model
+    from cgc.base_model import load_recipe_model
 
-    dtype = getattr(torch, cfg.model.dtype)
-    quantization = None
-    if cfg.model.quantization == "nf4":
-        # quant_storage = the engine dtype, so ZeRO-3 can shard the packed 4-bit weights like any other tensor.
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype
-        )
-    elif cfg.model.quantization == "int8":
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
     # Unquantized under ZeRO-3: shard while loading (zero.Init). bitsandbytes models load in full on every rank
     # and are sharded by deepspeed.initialize.
-    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 and quantization is None else None
-    name = cfg.model.name_or_path
-    if name in TINY_MODELS:
-        if quantization is None:
-            return tiny_model(name, seed=cfg.seed).to(dtype), char_tokenizer(), hf_ds_config
-        # Quantization happens inside from_pretrained: each rank writes the seeded (so identical) tiny model to
-        # its own temporary dir. Not with save_pretrained, which writes on rank 0 only once a process group exists.
-        with tempfile.TemporaryDirectory() as tmp:
-            tiny = tiny_model(name, seed=cfg.seed)
-            tiny.config.save_pretrained(tmp)
-            save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
-            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantization, dtype=dtype)
-        return model, char_tokenizer(), hf_ds_config
-    model, tokenizer = load_base_model(name, cfg.model.gguf_file, dtype, quantization_config=quantization)
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 and cfg.model.quantization == "none" else None
+    m = cfg.model
+    model, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
     return model, tokenizer, hf_ds_config
 
 
@@ -467,46 +447,6 @@ def save_checkpoint(engine, sampler, checkpoints: Path, step: int, world: int) -
     if dist.get_rank() == 0:
         ckpt.mark_complete(checkpoints / tag, step, world)
     barrier()
-
-
-@torch.no_grad()
-def evaluate(model: cgc.CGCModel, tokenizer, eval_raw, cfg: RecipeConfig, zero3: bool, world: int, rank: int) -> dict:
-    """Greedy generation on mixed-task batches, sharded over ranks; exact match per task."""
-    model.eval()
-    per_task: dict[str, list[dict]] = {}
-    for row in eval_raw:
-        if len(per_task.setdefault(row["task"], [])) < cfg.eval.max_examples_per_task:
-            per_task[row["task"]].append(row)
-    examples = [ex for rows in per_task.values() for ex in rows]
-    mine = examples[rank::world]
-    # Under ZeRO-3 every rank must run the same number of forward passes: pad with a repeat, drop its result.
-    batches = math.ceil(math.ceil(len(examples) / world) / cfg.eval.batch_size)
-    hits = []
-    for b in range(batches):
-        chunk = mine[b * cfg.eval.batch_size : (b + 1) * cfg.eval.batch_size]
-        real = len(chunk)
-        chunk = chunk or examples[:1]
-        answers = greedy_answers(
-            model, tokenizer, chunk, cfg.eval.max_new_tokens, cfg.data.system_prompt, synced_gpus=zero3 and world > 1
-        )
-        hits += [(ex["task"], answer == ex["target"]) for ex, answer in list(zip(chunk, answers, strict=True))[:real]]
-    everyone = [None] * world
-    dist.all_gather_object(everyone, hits)
-    scores: dict[str, list[bool]] = {}
-    for task, hit in (h for part in everyone for h in part):
-        scores.setdefault(task, []).append(hit)
-    exact = {t: sum(scores[t]) / len(scores[t]) for t in model.tasks if t in scores}  # in task-id order
-    return {
-        "exact_match": exact,
-        "count": {t: len(scores[t]) for t in exact},
-        "mean_exact_match": sum(exact.values()) / len(exact),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

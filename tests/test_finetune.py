@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgc.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 TINY = "recipes/configs/tiny_cpu.yaml"
 QUIET = ["eval.max_examples_per_task=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(out: Path, *overrides, launcher_args=("--num_gpus", "2")) -> list[str]:
@@ -85,8 +80,11 @@ def test_zero3_nf4_trains_on_two_ranks_and_writes_every_output(zero3_run):
         config = json.loads((out / "adapters" / "peft" / task / "adapter_config.json").read_text())
         assert config["r"] == 12
     scores = json.loads((out / "eval.json").read_text())
-    assert set(scores["exact_match"]) == set(tasks) and all(n == 2 for n in scores["count"].values())
-    assert "per-task exact match" in stdout
+    assert list(scores["tasks"]) == tasks and all(r["n"] == 2 for r in scores["tasks"].values())
+    assert scores["tasks"]["sort_words"]["metric"] == "rouge_l" and scores["tasks"]["add"]["metric"] == "exact_match"
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["task"] for p in predictions) == sorted(tasks * 2)  # every example answered once, both ranks
+    assert "per-task scores" in stdout and "| **mean** |" in (out / "eval.md").read_text()
 
 
 def test_adapter_written_under_zero3_matches_a_fresh_attach_with_its_weights(zero3_run):

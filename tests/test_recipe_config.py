@@ -74,3 +74,15 @@ def test_malformed_overrides_and_missing_sections():
         load_recipe_config(ROOT / "recipes/configs/tiny_cpu.yaml", ["train.max_steps"], root=ROOT)
     with pytest.raises(ConfigError, match="config file not found"):
         load_recipe_config(ROOT / "recipes/configs/none.yaml", root=ROOT)
+
+
+def test_eval_metrics_are_checked_against_the_tasks_and_known_metrics():
+    tiny = ROOT / "recipes/configs/tiny_cpu.yaml"
+    config = load_recipe_config(tiny, ["eval.metrics.add={name: choice_accuracy, choices: ['1', '2']}"], root=ROOT)
+    assert config.eval.metrics["add"] == {"name": "choice_accuracy", "choices": ["1", "2"]}
+    with pytest.raises(ConfigError, match=r"eval.metrics.add: unknown metric 'bleu'"):
+        load_recipe_config(tiny, ["eval.metrics.add=bleu"], root=ROOT)
+    with pytest.raises(ConfigError, match=r"eval.metrics names tasks that are in no cluster: \['multiply'\]"):
+        load_recipe_config(tiny, ["eval.metrics.multiply=exact_match"], root=ROOT)
+    with pytest.raises(ConfigError, match="eval.default_metric: unknown metric 'f1'"):
+        load_recipe_config(tiny, ["eval.default_metric=f1"], root=ROOT)

@@ -1,0 +1,144 @@
+"""recipes/compare.py (the seesaw report), recipes/evaluate.py and recipes/export.py end to end on the tiny config."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+import cgc
+from cgc.report import LABELS
+from cgc.tiny import char_tokenizer, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "recipes/configs/tiny_cpu.yaml"
+# Few steps, 2 examples per task, a float base on one process: the report's plumbing, not its numbers.
+FAST = [
+    "train.max_steps=4",
+    "train.save_every=2",
+    "eval.max_examples_per_task=2",
+    "model.quantization=none",
+    "deepspeed.config=ds_configs/zero2.json",
+]
+
+
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # The first call is cut short inside the first method (stop_after: checkpoint at step 2, then exit), as an
+    # interruption would; the second call, the same command, resumes that method and runs the other three.
+    first = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST, "train.stop_after=2")
+    second = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    return out, first, second
+
+
+def test_compare_writes_the_three_report_files_with_four_methods(compared):
+    out, _, second = compared
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == list(LABELS)  # shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA
+    budget = report["setup"]["budget_rank"]
+    assert budget == 4 * 15  # the tiny config's CGC: r=4, 3 clusters x (2 shared + 3 tasks x 1)
+    tasks = list(report["tasks"])
+    assert len(tasks) == 9 and report["tasks"]["sort_words"] == "rouge_l"
+    for name, row in report["methods"].items():
+        summary = json.loads((out / name / "run_summary.json").read_text())
+        evaluation = json.loads((out / name / "eval.json").read_text())
+        assert summary["finished"] and summary["steps"] == 4
+        assert row["trainable_params"] == summary["trainable_params"] > 0
+        assert budget - row["experts_per_layer"] < row["total_rank"] <= budget  # matched as integer ranks allow
+        assert row["scores"] == {t: evaluation["tasks"][t]["score"] for t in tasks}
+        reference = report["methods"]["per_task_lora"]["scores"]
+        assert row["delta_vs_per_task_lora"] == pytest.approx({t: row["scores"][t] - reference[t] for t in tasks})
+        assert row["worst_drop"] == pytest.approx(max(0.0, -min(row["delta_vs_per_task_lora"].values())))
+        assert f"{row['trainable_params']:,}" in second.stdout  # the parameter counts are printed before training
+    markdown = (out / "report.md").read_text()
+    for label in LABELS.values():
+        assert f"| {label} |" in markdown
+    assert "worst drop vs per-task LoRA" in markdown and "seesaw.png" in markdown
+    png = (out / "seesaw.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
+    out, first, second = compared
+    assert first.returncode != 0 and "Run the same command again to resume it" in first.stderr
+    assert "resumed from" in second.stdout and "step 2" in second.stdout
+    steps = [json.loads(line)["step"] for line in (out / "shared_lora" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    report = (out / "report.json").read_text()
+    start = time.time()
+    third = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert third.stdout.count("done earlier, kept") == 4 and "training 4 steps" not in third.stdout
+    assert time.time() - start < 60
+    assert json.loads((out / "report.json").read_text())["methods"] == json.loads(report)["methods"]
+
+
+def test_evaluate_recipe_reproduces_the_eval_phase_of_finetune(compared, tmp_path):
+    out, _, _ = compared
+    run_dir = out / "cgc_lora"
+    result = run(
+        "recipes/evaluate.py", "--config", TINY, "--adapter", run_dir / "adapters/cgc", "--out", tmp_path, *FAST
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((run_dir / "eval.json").read_text())
+    assert (tmp_path / "eval_predictions.jsonl").read_text() == (run_dir / "eval_predictions.jsonl").read_text()
+    assert (tmp_path / "eval.md").read_text().startswith("| task | cluster | metric | score |")
+
+
+def test_evaluate_and_export_refuse_a_missing_adapter_in_one_line(tmp_path):
+    for script in ("recipes/evaluate.py", "recipes/export.py"):
+        result = run(script, "--config", TINY, "--adapter", tmp_path / "nothing")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"no cgc adapter at {tmp_path / 'nothing'}" in result.stderr
+
+
+@torch.no_grad()
+def test_exported_adapters_serve_mixed_batches_with_peft_and_merged_models_match(compared, tmp_path):
+    out, _, _ = compared
+    adapter = out / "cgc_lora" / "adapters" / "cgc"
+    result = run(
+        "recipes/export.py",
+        "--config",
+        TINY,
+        "--adapter",
+        adapter,
+        "--out",
+        tmp_path,
+        "--merge",
+        "--tasks",
+        "add,uppercase",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["add", "uppercase"]
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == ["add", "uppercase"]
+    assert json.loads((tmp_path / "export.json").read_text())["lora_rank"] == 12
+
+    model = cgc.load_adapter(tiny_model("tiny-llama", seed=0), adapter).eval()  # the config's seed-0 base
+    trained = [p for n, p in model.trainable_parameters() if n.endswith("lora_B")]
+    assert any(p.abs().sum() > 0 for p in trained)  # 4 steps moved B off zero: the comparison below means something
+    tokenizer = char_tokenizer()
+    batch = tokenizer(["12 30", "cat dog", "7 5"], return_tensors="pt", padding=True)
+    tasks = ["add", "uppercase", "add"]
+    expected = model(**batch, task_ids=tasks).logits
+
+    served = PeftModel.from_pretrained(tiny_model("tiny-llama", seed=0), tmp_path / "peft" / "add", adapter_name="add")
+    served.load_adapter(tmp_path / "peft" / "uppercase", adapter_name="uppercase")
+    served.eval()
+    torch.testing.assert_close(served(**batch, adapter_names=tasks).logits, expected, atol=1e-5, rtol=1e-4)
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "add").eval()
+    add_rows = [0, 2]
+    torch.testing.assert_close(merged(**batch).logits[add_rows], expected[add_rows], atol=1e-5, rtol=1e-4)
