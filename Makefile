@@ -1,10 +1,10 @@
-# make install | make test | make demo | make quick-demo | make bench
+# make install | make test | make demo | make seesaw | make quick-demo | make bench
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo quick-demo bench clean
+.PHONY: install test lint demo seesaw quick-demo bench clean
 
 install: $(STAMP)
 
@@ -34,12 +34,21 @@ test: install lint
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" launch/local.sh 2 recipes/configs/smollm2_demo.yaml
 
+# The seesaw report on the demo: shared LoRA, per-task LoRA, MOELoRA and CGC-LoRA at a matched budget, each a
+# 2-rank run of the demo recipe (resumable: run it again after an interruption). Writes outputs/smollm2_demo/compare/.
+seesaw: install
+	$(PY) recipes/compare.py --config recipes/configs/smollm2_demo.yaml --nproc 2
+
 # The same fine-tune in one plain process, without DeepSpeed.
 quick-demo: install
 	$(PY) recipes/quick_demo.py
 
+# Each prints JSON; together about N minutes on 2 CPU cores (GPU rows: run them on a GPU machine).
 bench: install
 	$(PY) benchmarks/layer_speed.py
+	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/zero3_memory.py
+	$(PY) benchmarks/inference_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import statistics
-import time
 import types
 
 import torch
@@ -30,6 +27,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import cgc
+
+from timing import machine, make_step, randomize, time_alternately
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -57,38 +56,6 @@ def base_model(args) -> LlamaForCausalLM:
         num_key_value_heads=max(1, args.hidden // 128),
     )
     return LlamaForCausalLM(config)
-
-
-def randomize(params, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-
-
-def make_step(model, params, inputs):
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-    def step():
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def time_alternately(steps: dict, repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -154,9 +121,7 @@ def main():
 
     result = {
         "benchmark": "layer_speed",
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        **machine(args.device),
         "model": {"hidden": args.hidden, "layers": args.layers, "targets": TARGETS},
         "batch": args.batch,
         "seq": args.seq,
