@@ -3,6 +3,7 @@ optionally quantized by bitsandbytes (NF4 4-bit or int8)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import tempfile
@@ -55,16 +56,29 @@ def load_recipe_model(name_or_path: str, gguf_file: str | None, quantization: st
     """The base model of a recipe config's `model` section -> (model, tokenizer)."""
     torch_dtype = getattr(torch, dtype)
     quantized = quantization_config(quantization, torch_dtype)
-    if name_or_path not in TINY_MODELS:
+    if name_or_path in TINY_MODELS:
+        model, tokenizer = tiny_model(name_or_path, seed=seed), char_tokenizer()
+    elif quantized is not None and resolve(name_or_path, gguf_file)[1] is not None:
+        # transformers will not quantize while reading a GGUF file: de-quantize it to float first.
+        model, tokenizer = load_base_model(name_or_path, gguf_file, torch_dtype)
+    else:
         return load_base_model(name_or_path, gguf_file, torch_dtype, quantization_config=quantized)
     if quantized is None:
-        return tiny_model(name_or_path, seed=seed).to(torch_dtype), char_tokenizer()
-    # Quantization happens inside from_pretrained: each process writes the seeded (so identical on every rank)
-    # tiny model to its own temporary dir. Not with save_pretrained, which writes on rank 0 only once a process
-    # group exists.
+        return model.to(torch_dtype), tokenizer
+    return quantize(model, quantized, torch_dtype), tokenizer
+
+
+def quantize(model, quantized: BitsAndBytesConfig, dtype: torch.dtype):
+    """`model` re-loaded through from_pretrained with a bitsandbytes config (quantization happens while loading).
+    Each process writes its own temporary copy, not with save_pretrained, which writes on rank 0 only once a
+    process group exists; the model is identical on every rank (seeded, or read from the same file)."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the GGUF reader's own: the weights written below are plain floats
+        del config.quantization_config
     with tempfile.TemporaryDirectory() as tmp:
-        tiny = tiny_model(name_or_path, seed=seed)
-        tiny.config.save_pretrained(tmp)
-        save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
-        model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantized, dtype=torch_dtype)
-    return model, char_tokenizer()
+        config.save_pretrained(tmp)
+        # clone: tied weights (embeddings = LM head) share storage, which safetensors refuses to save twice
+        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        del state
+        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantized, dtype=dtype)

@@ -24,7 +24,7 @@ def pick_examples(rows, max_per_task: int, tasks: list[str]) -> list[dict]:
         kept = per_task.setdefault(row["task"], [])
         if len(kept) < max_per_task:
             kept.append(dict(row))
-    queues = [rows for rows in per_task.values() if rows]
+    queues = [kept for kept in per_task.values() if kept]
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
@@ -51,7 +51,7 @@ def generate_answers(
         answers = greedy_answers(
             model, tokenizer, chunk, max_new_tokens, system_prompt, synced_gpus=zero3 and world > 1
         )
-        answered += list(zip(index, answers, strict=True))
+        answered += list(zip(index, answers[: len(index)], strict=True))  # drop the repeat's answer
     if world > 1:
         everyone = [None] * world
         dist.all_gather_object(everyone, answered)

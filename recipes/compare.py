@@ -89,10 +89,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"\n[{i}/{len(methods)}] {LABELS[m]}: training {cfg.train.max_steps} steps -> {run_dir}", flush=True)
             config_path = write_method_config(cfg, presets[m], run_dir)
-            code = subprocess.call(launcher(args.nproc) + [str(FINETUNE), "--config", str(config_path)], cwd=ROOT)
+            code = run_to_end(launcher(args.nproc) + [str(FINETUNE), "--config", str(config_path)])
             if code != 0 or not is_done(run_dir):
+                why = f"failed (exit code {code})" if code else "stopped before the end (interrupted)"
                 error_exit(
-                    f"{LABELS[m]} failed (exit code {code}); its output is above and in {run_dir}. "
+                    f"{LABELS[m]} {why}; its output is above and in {run_dir}. "
                     "Run the same command again to resume it.",
                     code=code or 1,
                 )
@@ -149,6 +150,16 @@ def write_method_config(cfg, method: cgc.CGCLoraConfig, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def run_to_end(command: list[str]) -> int:
+    """Run a training child; on Ctrl-C (which reaches the child too) wait while it saves its checkpoint."""
+    child = subprocess.Popen(command, cwd=ROOT)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            print("\ninterrupted: waiting for the run to save a checkpoint ...", file=sys.stderr, flush=True)
 
 
 def launcher(nproc: int) -> list[str]:

@@ -72,3 +72,21 @@ def test_merge_into_a_quantized_base_is_refused(tiny_dir):
     model = cgc.attach(load_quantized(tiny_dir, "nf4"), make_config())
     with pytest.raises(ValueError, match="merge_task needs an unquantized base.*Linear4bit"):
         cgc.merge_task(model, "add")
+
+
+def test_the_packaged_gguf_base_loads_in_nf4_for_recipes():
+    # transformers refuses a quantization config while reading GGUF; the recipe loader de-quantizes first.
+    from cgc.base_model import load_recipe_model
+
+    float_model, tokenizer = load_recipe_model("smollm2-135m-instruct", None, "none", "float32")
+    nf4_model, _ = load_recipe_model("smollm2-135m-instruct", None, "nf4", "float32")
+    assert isinstance(nf4_model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert nf4_model.lm_head.weight.data_ptr() == nf4_model.model.embed_tokens.weight.data_ptr()  # still tied
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    float_model.train(), nf4_model.train()  # (bnb's CPU inference path repacks NF4 weights; train mode does not)
+    with torch.no_grad():
+        a, b = float_model(**ids).logits[0, -1], nf4_model(**ids).logits[0, -1]
+    correlation = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    print(f"float vs NF4 next-token logits: correlation {correlation:.3f}")
+    assert correlation > 0.8  # 4-bit rounding of the same model (an unrelated model: about 0)
+    assert a.argmax() == b.argmax()
