@@ -27,7 +27,8 @@ from tqdm import tqdm
 import cgc
 from cgc.base_model import load_base_model
 from cgc.data import check_tasks, load_examples
-from cgc.generation import greedy_answers
+from cgc.evaluation import generate_answers, score_tasks
+from cgc.metrics import MetricSpec
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.tokenization import MultiTaskCollator, tokenize_dataset
 
@@ -37,15 +38,12 @@ SYSTEM_PROMPT = "Answer with the result only."
 
 
 def exact_match(model: cgc.CGCModel, tokenizer, examples: list[dict], batch_size: int = 48) -> dict[str, float]:
-    """Greedy generation on mixed-task batches; exact match of the stripped answer per task."""
-    model.eval()
-    hits: dict[str, list[bool]] = {}
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        for ex, answer in zip(chunk, greedy_answers(model, tokenizer, chunk, 12, SYSTEM_PROMPT), strict=True):
-            hits.setdefault(ex["task"], []).append(answer == ex["target"])
+    """Greedy generation on mixed-task batches; exact match per task."""
+    answers = generate_answers(model, tokenizer, examples, batch_size, 12, SYSTEM_PROMPT)
     model.train()
-    return {task: sum(h) / len(h) for task, h in hits.items()}
+    metrics = {t: MetricSpec("exact_match") for t in model.tasks}
+    results = score_tasks(examples, answers, metrics, model.cgc_config.cluster_of)
+    return {task: r["exact_match"] for task, r in results["tasks"].items()}
 
 
 def main():
