@@ -3,7 +3,6 @@ optionally quantized by bitsandbytes (NF4 4-bit or int8)."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 import tempfile
@@ -35,6 +34,11 @@ def load_base_model(name_or_path: str, gguf_file: str | None = None, dtype: torc
     path, gguf = resolve(name_or_path, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=dtype, **kwargs)
+    if gguf is not None:
+        # The GGUF reader de-quantizes every tensor to `dtype` but leaves the model marked as GGUF-quantized,
+        # which makes save_pretrained refuse it (e.g. a merged per-task model). It is a plain float model now.
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -72,11 +76,8 @@ def quantize(model, quantized: BitsAndBytesConfig, dtype: torch.dtype):
     """`model` re-loaded through from_pretrained with a bitsandbytes config (quantization happens while loading).
     Each process writes its own temporary copy, not with save_pretrained, which writes on rank 0 only once a
     process group exists; the model is identical on every rank (seeded, or read from the same file)."""
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):  # the GGUF reader's own: the weights written below are plain floats
-        del config.quantization_config
     with tempfile.TemporaryDirectory() as tmp:
-        config.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
         # clone: tied weights (embeddings = LM head) share storage, which safetensors refuses to save twice
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(tmp, "model.safetensors"))

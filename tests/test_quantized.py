@@ -74,11 +74,13 @@ def test_merge_into_a_quantized_base_is_refused(tiny_dir):
         cgc.merge_task(model, "add")
 
 
-def test_the_packaged_gguf_base_loads_in_nf4_for_recipes():
+def test_the_packaged_gguf_base_loads_in_nf4_for_recipes_and_saves_as_a_plain_model(tmp_path):
     # transformers refuses a quantization config while reading GGUF; the recipe loader de-quantizes first.
     from cgc.base_model import load_recipe_model
 
     float_model, tokenizer = load_recipe_model("smollm2-135m-instruct", None, "none", "float32")
+    float_model.save_pretrained(tmp_path)  # e.g. a merged per-task model; refused while marked as GGUF-quantized
+    assert "quantization_config" not in (tmp_path / "config.json").read_text()
     nf4_model, _ = load_recipe_model("smollm2-135m-instruct", None, "nf4", "float32")
     assert isinstance(nf4_model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert nf4_model.lm_head.weight.data_ptr() == nf4_model.model.embed_tokens.weight.data_ptr()  # still tied

@@ -142,3 +142,11 @@ def test_exported_adapters_serve_mixed_batches_with_peft_and_merged_models_match
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "add").eval()
     add_rows = [0, 2]
     torch.testing.assert_close(merged(**batch).logits[add_rows], expected[add_rows], atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_the_base_model_alone(tmp_path):
+    result = run("recipes/evaluate.py", "--config", TINY, "--adapter", "none", "--out", tmp_path, *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluating the base model tiny-llama alone" in result.stdout
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert len(scores["tasks"]) == 9 and all(r["n"] == 2 for r in scores["tasks"].values())
