@@ -28,27 +28,16 @@ from peft import PeftModel
 import cgc
 from cgc.base_model import load_base_model
 from cgc.data import load_examples
+from cgc.evaluation import pick_examples
 from cgc.tiny import char_tokenizer, tiny_model
 from cgc.tokenization import MultiTaskCollator, prompt_token_ids
 
-from timing import machine, randomize, time_alternately
-
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTERS = {
-    "words": ["reverse_words", "uppercase", "sort_words"],
-    "numbers": ["add", "subtract", "maximum"],
-    "letters": ["first_letter", "last_letter", "length"],
-}
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from timing import ALL_PROJECTIONS, DEMO, DEMO_CLUSTERS, machine, randomize, time_alternately
 
 
-def prompts(tokenizer, per_task: int, device) -> tuple[dict, list[str]]:
+def prompts(tokenizer, per_task: int, tasks: list[str], device) -> tuple[dict, list[str]]:
     """Left-padded prompts, `per_task` of each task, tasks interleaved -> (batch, task of each row)."""
-    picked: dict[str, list[dict]] = {}
-    for ex in load_examples(ROOT / "recipes/data/demo/eval.jsonl"):
-        if len(picked.setdefault(ex["task"], [])) < per_task:
-            picked[ex["task"]].append(ex)
-    rows = [ex for i in range(per_task) for exs in picked.values() for ex in exs[i : i + 1]]
+    rows = pick_examples(load_examples(DEMO / "eval.jsonl"), per_task, tasks)
     features = [{"input_ids": prompt_token_ids(tokenizer, ex["input"]), "task_id": 0} for ex in rows]
     batch = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")(features)
     return {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}, [ex["task"] for ex in rows]
@@ -70,7 +59,7 @@ def main():
     base = base.to(args.device).eval()
     plain = copy.deepcopy(base)  # attach adapts the model it is given in place
     config = cgc.CGCLoraConfig(
-        clusters=CLUSTERS, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=TARGETS
+        clusters=DEMO_CLUSTERS, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=ALL_PROJECTIONS
     )
     model = cgc.attach(copy.deepcopy(base), config).eval()
     randomize([p for _, p in model.trainable_parameters()], std=0.05)
@@ -85,7 +74,7 @@ def main():
             served.load_adapter(Path(tmp) / task, adapter_name=task)
     served.eval()
 
-    batch, tasks = prompts(tokenizer, args.per_task, args.device)
+    batch, tasks = prompts(tokenizer, args.per_task, config.tasks, args.device)
     greedy = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
     greedy["pad_token_id"] = tokenizer.pad_token_id
     outputs = {}

@@ -28,9 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import cgc
 
-from timing import machine, make_step, randomize, time_alternately
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from timing import ALL_PROJECTIONS, machine, make_step, randomize, time_alternately
 
 
 def loop_over_experts(self: cgc.ClusterExperts, x, local_tasks, single_task):
@@ -76,13 +74,15 @@ def main():
     # 1. CGC-LoRA vs PEFT LoRA of the same per-task rank.
     clusters = {"c0": ["t0", "t1"], "c1": ["t2", "t3"]}
     cgc_cfg = cgc.CGCLoraConfig(
-        clusters=clusters, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=TARGETS
+        clusters=clusters, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=ALL_PROJECTIONS
     )
     cgc_model = cgc.attach(copy.deepcopy(base), cgc_cfg).train()
     cgc_params = [p for _, p in cgc_model.trainable_parameters()]
     randomize(cgc_params)
     cgc_inputs = {"input_ids": ids, "labels": ids, "task_ids": ["t0"] * half + ["t1"] * (args.batch - half)}
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=24, lora_alpha=48, target_modules=TARGETS)).train()
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=24, lora_alpha=48, target_modules=ALL_PROJECTIONS)
+    ).train()
     peft_params = [p for p in peft_model.parameters() if p.requires_grad]
     randomize(peft_params)
     single_inputs = {"input_ids": ids, "labels": ids, "task_ids": ["t0"] * args.batch}
@@ -99,7 +99,7 @@ def main():
 
     # 2. Batched product vs per-expert loop, 8 experts per task, identical weights and batch.
     moe_cfg = cgc.CGCLoraConfig(
-        clusters=clusters, r=8, alpha=16, num_shared_experts=8, num_task_experts=0, target_modules=TARGETS
+        clusters=clusters, r=8, alpha=16, num_shared_experts=8, num_task_experts=0, target_modules=ALL_PROJECTIONS
     )
     batched = cgc.attach(copy.deepcopy(base), moe_cfg).train()
     randomize([p for _, p in batched.trainable_parameters()])
@@ -122,7 +122,7 @@ def main():
     result = {
         "benchmark": "layer_speed",
         **machine(args.device),
-        "model": {"hidden": args.hidden, "layers": args.layers, "targets": TARGETS},
+        "model": {"hidden": args.hidden, "layers": args.layers, "targets": ALL_PROJECTIONS},
         "batch": args.batch,
         "seq": args.seq,
         "repeats": args.repeats,

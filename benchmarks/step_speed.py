@@ -27,14 +27,8 @@ import cgc
 from cgc.base_model import load_base_model
 from cgc.tiny import tiny_model
 
-from timing import machine, make_step, randomize, time_alternately
+from timing import ALL_PROJECTIONS, DEMO_CLUSTERS, machine, make_step, randomize, time_alternately
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CLUSTERS = {
-    "words": ["reverse_words", "uppercase", "sort_words"],
-    "numbers": ["add", "subtract", "maximum"],
-    "letters": ["first_letter", "last_letter", "length"],
-}
 MODELS = {"tiny": "tiny-llama (hidden 256, 4 layers)", "smollm2": "smollm2-135m-instruct"}
 VARIANTS = ("cgc", "peft_r24", "peft_r40")
 
@@ -51,15 +45,20 @@ def build(model_name: str, variant: str, args):
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
     if variant == "cgc":
         config = cgc.CGCLoraConfig(
-            clusters=CLUSTERS, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=TARGETS
+            clusters=DEMO_CLUSTERS,
+            r=8,
+            alpha=16,
+            num_shared_experts=2,
+            num_task_experts=1,
+            target_modules=ALL_PROJECTIONS,
         )
         model = cgc.attach(base, config).train()
         params = [p for _, p in model.trainable_parameters()]
-        tasks = CLUSTERS["words"]
+        tasks = DEMO_CLUSTERS["words"]
         inputs = {"input_ids": ids, "labels": ids, "task_ids": [tasks[i % len(tasks)] for i in range(args.batch)]}
     else:
         rank = int(variant.removeprefix("peft_r"))
-        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)).train()
+        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ALL_PROJECTIONS)).train()
         params = [p for p in model.parameters() if p.requires_grad]
         inputs = {"input_ids": ids, "labels": ids}
     randomize(params)

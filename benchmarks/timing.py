@@ -1,12 +1,19 @@
-"""What the benchmark scripts share: interleaved timing, a train step, non-zero adapter weights, machine facts."""
+"""What the benchmark scripts share: interleaved timing, a train step, non-zero adapter weights, machine facts,
+and the demo's adapter shape."""
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+DEMO = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
+DEMO_CLUSTERS: dict[str, list[str]] = json.loads((DEMO / "clusters.json").read_text())  # 3 clusters x 3 tasks
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def time_alternately(steps: dict, repeats: int, warmup: int) -> dict[str, float]:
