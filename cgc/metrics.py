@@ -37,7 +37,7 @@ def choice_accuracy(predictions: list[str], references: list[str], choices: list
     that occurs earliest in the answer (the longest one on a tie: "not sure" before "sure"); no choice = wrong.
     Without `choices`, the task's distinct references are the choices."""
     _check(predictions, references)
-    options = sorted({normalize(c) for c in (choices if choices is not None else references)}, key=len, reverse=True)
+    options = list({normalize(c) for c in (choices if choices is not None else references)})  # pick_choice: any order
     pairs = zip(predictions, references, strict=True)
     return _mean([pick_choice(p, options) == normalize(r).casefold() for p, r in pairs])
 
