@@ -7,10 +7,21 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from cgc.task_map import TaskMap
+
 CONFIG_NAME = "cgc_config.json"
 
 
-@dataclass
+class InvalidConfigError(ValueError):
+    """A config with problems; `problems` lists each one (the message joins them), so a caller can merge them
+    into its own report without parsing text."""
+
+    def __init__(self, title: str, problems: list[str]):
+        super().__init__(f"{title}:\n  - " + "\n  - ".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
 class CGCLoraConfig:
     """Configuration of CGC-LoRA (arXiv 2402.01684).
 
@@ -20,23 +31,32 @@ class CGCLoraConfig:
     num_shared_experts (S): experts shared by all tasks of a cluster.
     num_task_experts (K): experts owned by a single task.
     target_modules: module-name suffixes (PEFT semantics) or one regex matched against the full name.
+
+    Frozen: `task_map` (task name <-> id, id -> cluster) is built once from `clusters` and must not drift from
+    it; use `dataclasses.replace` for a changed copy.
     """
 
-    clusters: dict[str, list[str]]
-    r: int = 8
-    alpha: float = 16.0
-    num_shared_experts: int = 2
-    num_task_experts: int = 1
-    dropout: float = 0.0
-    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # metadata["help"]: one line per field, shown in the README's recipe key table (cgc.recipe_config.key_table).
+    clusters: dict[str, list[str]] = field(metadata={"help": "cluster -> its tasks; task ids follow this order"})
+    r: int = field(default=8, metadata={"help": "rank of each expert; a task's export has rank (S+K)·r"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scaling = alpha / r)"})
+    num_shared_experts: int = field(default=2, metadata={"help": "S: experts shared by the tasks of a cluster"})
+    num_task_experts: int = field(default=1, metadata={"help": "K: experts of each task alone"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input"})
+    target_modules: list[str] | str = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "module-name suffixes (PEFT rules) or one regex; more modules: more capacity and compute"},
+    )
 
     def __post_init__(self):
         # Normalise containers first so that the JSON round trip compares equal.
         if isinstance(self.clusters, dict):
-            self.clusters = {c: list(ts) if isinstance(ts, (list, tuple)) else ts for c, ts in self.clusters.items()}
+            clusters = {c: list(ts) if isinstance(ts, (list, tuple)) else ts for c, ts in self.clusters.items()}
+            object.__setattr__(self, "clusters", clusters)
         if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
+            object.__setattr__(self, "target_modules", list(self.target_modules))
         self.validate()
+        object.__setattr__(self, "_task_map", TaskMap.from_clusters(self.clusters))
 
     # ---- validation: every problem in one message -------------------------------------------------
     def problems(self) -> list[str]:
@@ -82,17 +102,18 @@ class CGCLoraConfig:
     def validate(self) -> None:
         found = self.problems()
         if found:
-            raise ValueError("invalid CGCLoraConfig:\n  - " + "\n  - ".join(found))
+            raise InvalidConfigError("invalid CGCLoraConfig", found)
 
     # ---- derived views ----------------------------------------------------------------------------
     @property
-    def tasks(self) -> list[str]:
-        """All tasks in id order."""
-        return [t for tasks in self.clusters.values() for t in tasks]
+    def task_map(self) -> TaskMap:
+        """Task name <-> id and id -> (cluster, index in the cluster), built once."""
+        return self._task_map
 
     @property
-    def cluster_of(self) -> dict[str, str]:
-        return {t: c for c, tasks in self.clusters.items() for t in tasks}
+    def tasks(self) -> list[str]:
+        """All tasks in id order."""
+        return list(self._task_map.tasks)
 
     @property
     def scaling(self) -> float:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 from datasets.exceptions import DatasetGenerationError
+
+from cgc.task_map import TaskMap, UnknownTaskError
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "generic": ("task", "input", "target"),
@@ -48,16 +50,12 @@ def load_examples(
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def check_tasks(dataset: datasets.Dataset, clusters: Mapping[str, Sequence[str]]) -> None:
+def check_tasks(dataset: datasets.Dataset, task_map: TaskMap) -> None:
     """Every example's task must belong to a cluster."""
-    known = {t for tasks in clusters.values() for t in tasks}
-    unknown = sorted(set(dataset.unique("task")) - known)
-    if unknown:
-        raise DataError(
-            f"task {unknown[0]!r} of the data is in no cluster"
-            + (f" (nor are {unknown[1:6]})" if len(unknown) > 1 else "")
-            + f"; tasks in the cluster map: {sorted(known)}"
-        )
+    try:
+        task_map.check_known(dataset.unique("task"))
+    except UnknownTaskError as err:
+        raise DataError(str(err)) from None
 
 
 def task_counts(dataset: datasets.Dataset) -> dict[str, int]:

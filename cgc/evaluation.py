@@ -14,6 +14,7 @@ from tqdm import tqdm
 from cgc.generation import greedy_answers
 from cgc.metrics import MetricSpec, exact_match
 from cgc.model import CGCModel
+from cgc.task_map import TaskMap
 
 
 def pick_examples(rows, max_per_task: int, tasks: list[str]) -> list[dict]:
@@ -62,9 +63,7 @@ def generate_answers(
     return result
 
 
-def score_tasks(
-    examples: list[dict], answers: list[str], metrics: dict[str, MetricSpec], cluster_of: dict[str, str]
-) -> dict:
+def score_tasks(examples: list[dict], answers: list[str], metrics: dict[str, MetricSpec], task_map: TaskMap) -> dict:
     """-> {"tasks": {task: {cluster, metric, score, exact_match, n}}, "mean", "mean_exact_match"}; tasks in the
     order of `metrics` (task-id order), those without examples left out."""
     tasks = {}
@@ -74,7 +73,7 @@ def score_tasks(
             continue
         predictions, references = map(list, zip(*pairs, strict=True))
         tasks[task] = {
-            "cluster": cluster_of[task],
+            "cluster": task_map.cluster_of(task),
             "metric": spec.name,
             "score": spec(predictions, references),
             "exact_match": exact_match(predictions, references),

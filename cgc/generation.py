@@ -18,7 +18,11 @@ def greedy_answers(
     synced_gpus: bool = False,
 ) -> list[str]:
     """Left-padded prompts (the same prompt format as training), one task id per example, greedy decoding;
-    returns the stripped answer of each example. `synced_gpus=True` under ZeRO-3 with several ranks."""
+    returns the stripped answer of each example.
+
+    `synced_gpus=True` under ZeRO-3 with several ranks: every rank then runs the same number of forward passes
+    (transformers' synced_gpus) and calls every cluster's experts in the same order (`every_cluster`), since the
+    ranks' batches hold different tasks and ZeRO-3 gathers parameters collectively."""
     collate = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")
     features = [
         {
@@ -36,6 +40,7 @@ def greedy_answers(
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
         synced_gpus=synced_gpus,
+        every_cluster=synced_gpus,
     )
     width = batch["input_ids"].shape[1]  # (B, width + new) -> the new tokens only
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in generated[:, width:]]

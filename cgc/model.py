@@ -7,7 +7,6 @@ import re
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -80,8 +79,8 @@ class CGCModel(nn.Module):
             raise ValueError("base_model already has CGC-LoRA layers: attach once, to an unadapted model")
         self.base_model = base_model
         self.cgc_config = config
+        self.task_map = config.task_map
         self._router = Router(config)
-        self._task_index = {task: i for i, task in enumerate(config.tasks)}
         base_model.requires_grad_(False)
         self._wrap_targets()
 
@@ -111,9 +110,7 @@ class CGCModel(nn.Module):
         return self.cgc_config.tasks
 
     def task_id(self, task: str) -> int:
-        if task not in self._task_index:
-            raise ValueError(f"unknown task {task!r}; known tasks: {self.tasks}")
-        return self._task_index[task]
+        return self.task_map.id_of(task)
 
     def task_ids_tensor(self, tasks: Sequence[int | str] | torch.Tensor, device=None) -> torch.Tensor:
         """Validated LongTensor[B] of task ids from ids or task names."""
@@ -127,34 +124,26 @@ class CGCModel(nn.Module):
             ids = torch.tensor([self.task_id(t) if isinstance(t, str) else int(t) for t in tasks], dtype=torch.long)
         if ids.numel():
             low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= len(self.tasks):
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"task id {bad} out of range: this model has {len(self.tasks)} tasks (0..{len(self.tasks) - 1})"
-                )
+            self.task_map.name_of(low if low < 0 else high)  # raises for an id out of range
         return ids.to(device) if device is not None else ids
 
-    def _set_routing(self, args: tuple, kwargs: dict, task_ids, every_cluster: bool | None) -> None:
+    def _set_routing(self, args: tuple, kwargs: dict, task_ids, every_cluster: bool) -> None:
         if task_ids is None:
             raise ValueError("task_ids is required: one task id (or task name) per sample")
         batch = _batch_tensor(args, kwargs)
         ids = self.task_ids_tensor(task_ids, device=None if batch is None else batch.device)
         if batch is not None and len(ids) != batch.shape[0]:
             raise ValueError(f"task_ids has {len(ids)} entries but the batch has {batch.shape[0]} samples")
-        if every_cluster is None:
-            # Outside training, ranks' batches may hold different clusters; ZeRO-3 needs every rank to call the
-            # same submodules, so all clusters run (empty slices included). In training the sampler keeps all
-            # ranks on one cluster.
-            every_cluster = (
-                not self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-            )
         self._router.set(self._router.route(ids, every_cluster=every_cluster))
 
-    def forward(self, *args, task_ids=None, every_cluster: bool | None = None, **kwargs):
+    def forward(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
+        """`every_cluster=True` runs every cluster's experts on every call, empty slices included, in a fixed order.
+        The caller sets it when ZeRO-3 ranks may hold batches of different clusters (sharded evaluation): every
+        rank must then call the same submodules. In training the sampler keeps all ranks on one cluster."""
         self._set_routing(args, kwargs, task_ids, every_cluster)
         return self.base_model(*args, **kwargs)
 
-    def generate(self, *args, task_ids=None, every_cluster: bool | None = None, **kwargs):
+    def generate(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
         self._set_routing(args, kwargs, task_ids, every_cluster)
         return self.base_model.generate(*args, **kwargs)
 
@@ -165,15 +154,12 @@ class CGCModel(nn.Module):
 
     def gate(self, task: str) -> dict[str, torch.Tensor]:
         """Layer name -> g_t, the gate weights task `task` gives its cluster's shared experts then its own."""
-        cluster, local = self.task_place(task)
+        place = self.task_map.place(task)
         with torch.no_grad():
-            return {name: layer.experts[cluster].gate()[local].clone() for name, layer in self.adapted_layers().items()}
-
-    def task_place(self, task: str) -> tuple[str, int]:
-        """(cluster name, index of the task inside its cluster)."""
-        self.task_id(task)  # validates the name
-        cluster = self.cgc_config.cluster_of[task]
-        return cluster, self.cgc_config.clusters[cluster].index(task)
+            return {
+                name: layer.experts[place.cluster].gate()[place.local_index].clone()
+                for name, layer in self.adapted_layers().items()
+            }
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of every CGC-LoRA tensor; names are relative to the base model and contain the
@@ -183,20 +169,22 @@ class CGCModel(nn.Module):
                 yield f"{layer_name}.experts.{name}", param
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.trainable_parameters())
+        # ZeRO-3 leaves an empty placeholder in `p` and keeps the full size in `ds_numel`.
+        return sum(getattr(p, "ds_numel", p.numel()) for _, p in self.trainable_parameters())
 
     def optimizer_groups(self, lr: float, gate_lr: float, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer parameter groups: experts at `lr` (with weight decay), gate logits at `gate_lr` (without)."""
+        """Optimizer parameter groups: "experts" at `lr` (with weight decay), "gates" (the gate logits) at `gate_lr`
+        (without). Each group carries its `name`, for logging its learning rate."""
         experts = [p for n, p in self.trainable_parameters() if not n.endswith("gate_logits")]
         gates = [p for n, p in self.trainable_parameters() if n.endswith("gate_logits")]
-        groups = [{"params": experts, "lr": lr, "weight_decay": weight_decay}]
+        groups = [{"name": "experts", "params": experts, "lr": lr, "weight_decay": weight_decay}]
         if gates:  # configurations with one expert per task have no gate
-            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+            groups.append({"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0})
         return groups
 
     def cluster_parameters(self, cluster: str) -> list[nn.Parameter]:
-        if cluster not in self.cgc_config.clusters:
-            raise ValueError(f"unknown cluster {cluster!r}; clusters: {list(self.cgc_config.clusters)}")
+        if cluster not in self.task_map.clusters:
+            raise ValueError(f"unknown cluster {cluster!r}; clusters: {list(self.task_map.clusters)}")
         return [p for n, p in self.trainable_parameters() if cluster in n.split(".")]
 
     # ---- persistence ------------------------------------------------------------------------------

@@ -55,25 +55,22 @@ class Router:
     """Shared, mutable routing state of one `CGCModel`."""
 
     def __init__(self, config: CGCLoraConfig):
-        self.clusters = list(config.clusters)
-        self.tasks = config.tasks
-        # task id -> (cluster position, index of the task inside its cluster)
-        self._place = [(ci, tasks.index(task)) for ci, tasks in enumerate(config.clusters.values()) for task in tasks]
+        self.task_map = config.task_map
         self.current: Routing | None = None
         self._expanded: Routing | None = None
 
     def route(self, task_ids: torch.Tensor, every_cluster: bool = False) -> Routing:
         """Group a batch by cluster. `every_cluster` keeps empty slices, in fixed order, for ZeRO-3 ranks
         whose batches may hold different clusters: all ranks must then call every cluster's submodule."""
-        ids = task_ids.tolist()
+        places = [self.task_map.places[t] for t in task_ids.tolist()]  # ids were range-checked by CGCModel
         device = task_ids.device
         slices = []
-        for ci, cluster in enumerate(self.clusters):
-            positions = [i for i, t in enumerate(ids) if self._place[t][0] == ci]
+        for ci, cluster in enumerate(self.task_map.clusters):
+            positions = [i for i, p in enumerate(places) if p.cluster_index == ci]
             if not positions and not every_cluster:
                 continue
-            local = [self._place[ids[i]][1] for i in positions]
-            whole = len(positions) == len(ids)
+            local = [places[i].local_index for i in positions]
+            whole = len(positions) == len(places)
             slices.append(
                 ClusterSlice(
                     cluster=cluster,
@@ -82,7 +79,7 @@ class Router:
                     single_task=local[0] if local and all(t == local[0] for t in local) else None,
                 )
             )
-        return Routing(len(ids), tuple(slices))
+        return Routing(len(places), tuple(slices))
 
     def set(self, routing: Routing) -> None:
         self.current = routing

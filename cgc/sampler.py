@@ -26,15 +26,42 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cgc.task_map import TaskMap
+
 MIXINGS = ("proportional", "uniform", "temperature")
 CLUSTER_PER = ("micro_step", "optimizer_step")
 
 
+def argument_problems(
+    micro_batch_size: int, mixing: str, temperature: float, cluster_per: str, grad_accum: int
+) -> dict[str, str]:
+    """Argument name -> what is wrong with it. The one check of these arguments: the sampler raises on them and
+    the recipe config reports them under its own key names before anything loads."""
+    problems = {}
+    if micro_batch_size < 1:
+        problems["micro_batch_size"] = f"must be >= 1, got {micro_batch_size}"
+    if mixing not in MIXINGS:
+        problems["mixing"] = f"must be one of {MIXINGS}, got {mixing!r}"
+    if mixing == "temperature" and not temperature > 0:
+        problems["temperature"] = f"must be > 0, got {temperature}"
+    if cluster_per not in CLUSTER_PER:
+        problems["cluster_per"] = f"must be one of {CLUSTER_PER}, got {cluster_per!r}"
+    if grad_accum < 1:
+        problems["grad_accum"] = f"must be >= 1, got {grad_accum}"
+    return problems
+
+
 class ClusterAwareBatchSampler:
+    """Yields this rank's micro-batches (lists of example indices); `batch_cluster` is the cluster of the one it
+    yielded last, the same on every rank.
+
+    task_ids: the task id of every example (the `task_id` column of a tokenised dataset), ids of `task_map`.
+    """
+
     def __init__(
         self,
-        task_of_example: Sequence[str],
-        clusters: Mapping[str, Sequence[str]],
+        task_ids: Sequence[int],
+        task_map: TaskMap,
         micro_batch_size: int,
         world_size: int = 1,
         rank: int = 0,
@@ -45,35 +72,24 @@ class ClusterAwareBatchSampler:
         cluster_per: str = "micro_step",
         grad_accum: int = 1,
     ):
-        problems = []
-        if micro_batch_size < 1:
-            problems.append(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        found = argument_problems(micro_batch_size, mixing, temperature, cluster_per, grad_accum)
+        problems = [f"{name} {message}" for name, message in found.items()]
         if world_size < 1 or not 0 <= rank < world_size:
             problems.append(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        if mixing not in MIXINGS:
-            problems.append(f"mixing must be one of {MIXINGS}, got {mixing!r}")
-        if mixing == "temperature" and not temperature > 0:
-            problems.append(f"temperature must be > 0, got {temperature}")
-        if cluster_per not in CLUSTER_PER:
-            problems.append(f"cluster_per must be one of {CLUSTER_PER}, got {cluster_per!r}")
-        if grad_accum < 1:
-            problems.append(f"grad_accum must be >= 1, got {grad_accum}")
         if problems:
             raise ValueError("invalid ClusterAwareBatchSampler arguments:\n  - " + "\n  - ".join(problems))
-        cluster_of = {t: c for c, tasks in clusters.items() for t in tasks}
-        unknown = sorted(set(task_of_example) - set(cluster_of))
-        if unknown:
-            raise ValueError(f"task {unknown[0]!r} is in no cluster; tasks in the cluster map: {sorted(cluster_of)}")
-        self.clusters = {c: [t for t in tasks] for c, tasks in clusters.items()}
+        ids = np.asarray(task_ids, dtype=np.int64)
+        if ids.size:
+            task_map.name_of(int(ids.min()) if ids.min() < 0 else int(ids.max()))  # raises for an id out of range
+        self.task_map = task_map
+        self.clusters = {c: list(task_map.tasks_of(c)) for c in task_map.clusters}
         self.micro_batch_size, self.world_size, self.rank, self.seed = micro_batch_size, world_size, rank, seed
         self.mixing, self.temperature, self.drop_last = mixing, temperature, drop_last
         # Micro-steps that share one drawn cluster.
         self.unit_steps = grad_accum if cluster_per == "optimizer_step" else 1
-        self.examples_of_task: dict[str, np.ndarray] = {}
-        for task in cluster_of:
-            self.examples_of_task[task] = np.array(
-                [i for i, t in enumerate(task_of_example) if t == task], dtype=np.int64
-            )
+        self.examples_of_task: dict[str, np.ndarray] = {
+            task: np.flatnonzero(ids == task_id) for task_id, task in enumerate(task_map.tasks)
+        }
         # Clusters and tasks without examples are never drawn.
         self.task_weights = {
             c: {t: self._weight(len(self.examples_of_task[t])) for t in tasks if len(self.examples_of_task[t])}
@@ -102,6 +118,7 @@ class ClusterAwareBatchSampler:
         self.epoch, self.position = 0, 0
         self._schedule: list[tuple[str, np.ndarray]] | None = None  # (cluster, global micro-batch) per micro-step
         self._usage: dict[str, int] = {}
+        self.batch_cluster: str | None = None  # the cluster of the micro-batch yielded last
 
     def _weight(self, n: int) -> float:
         if self.mixing == "proportional":
@@ -174,7 +191,7 @@ class ClusterAwareBatchSampler:
         """This rank's micro-batches (lists of example indices) for the rest of the current epoch."""
         schedule = self._ensure_schedule()
         while self.position < len(schedule):
-            _, step = schedule[self.position]
+            self.batch_cluster, step = schedule[self.position]
             self.position += 1
             share = len(step) // self.world_size
             yield step[self.rank * share : (self.rank + 1) * share].tolist()

@@ -11,11 +11,12 @@ leaves no room for at least `min_prompt_tokens` of prompt is dropped. Both are c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import datasets
 import torch
+
+from cgc.task_map import TaskMap
 
 IGNORE_INDEX = -100
 
@@ -59,8 +60,8 @@ def encode_example(
 class _Encoder:
     """Batched map function; an object (not a closure) so `datasets` fingerprints it and caches the result."""
 
-    def __init__(self, tokenizer, task_ids: Mapping[str, int], max_length: int, separator: str, system_prompt):
-        self.tokenizer, self.task_ids, self.max_length = tokenizer, dict(task_ids), max_length
+    def __init__(self, tokenizer, task_map: TaskMap, max_length: int, separator: str, system_prompt):
+        self.tokenizer, self.task_map, self.max_length = tokenizer, task_map, max_length
         self.separator, self.system_prompt = separator, system_prompt
 
     def __call__(self, batch: dict) -> dict:
@@ -69,7 +70,7 @@ class _Encoder:
             encoded = encode_example(self.tokenizer, text, target, self.max_length, self.separator, self.system_prompt)
             for key in ("input_ids", "labels", "truncated", "dropped"):
                 out[key].append(encoded[key])
-            out["task_id"].append(self.task_ids[task])
+            out["task_id"].append(self.task_map.id_of(task))
         return out
 
 
@@ -92,19 +93,20 @@ class TokenizationReport:
 def tokenize_dataset(
     dataset: datasets.Dataset,
     tokenizer,
-    task_ids: Mapping[str, int],
+    task_map: TaskMap,
     max_length: int,
     separator: str = "\n",
     system_prompt: str | None = None,
     num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, TokenizationReport]:
-    """Tokenise (cached by `datasets` fingerprinting), drop examples that cannot fit, report per task."""
+    """Tokenise (cached by `datasets` fingerprinting), drop examples that cannot fit, report per task.
+    Adds the `task_id` column (ids of `task_map`) that the sampler and the collator read."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
     encoded = dataset.map(
-        _Encoder(tokenizer, task_ids, max_length, separator, system_prompt),
+        _Encoder(tokenizer, task_map, max_length, separator, system_prompt),
         batched=True,
         num_proc=num_proc,
         desc="tokenizing",

@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     # ---- config, data and the four method configs: checked before anything trains -----------------------
     try:
         cfg = load_recipe_config(args.config, args.overrides)
-        base_cgc = cfg.cgc_config
+        base_cgc = cfg.cgc
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in LABELS]
         if unknown or not methods:
             raise ConfigError(f"--methods: unknown {unknown}; choose from {list(LABELS)}")
         if not cfg.data.eval_files or not cfg.eval.max_examples_per_task:
             raise ConfigError("the report needs held-out examples: data.eval_files and eval.max_examples_per_task")
-        check_tasks(load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field), base_cgc.clusters)
+        check_tasks(load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field), base_cgc.task_map)
         budget = args.budget_rank or total_rank(base_cgc)
         common = {"target_modules": base_cgc.target_modules, "dropout": base_cgc.dropout}
         presets = matched_budget(

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_recipe_config(args.config, args.overrides)
         adapter = Path(args.adapter or Path(cfg.output_dir) / "adapters" / "cgc")
         if args.adapter == "none":
-            cgc_config = cfg.cgc_config
+            cgc_config = cfg.cgc
         elif (adapter / CONFIG_NAME).is_file():
             cgc_config = cgc.CGCLoraConfig.load(adapter)
         else:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         if not cfg.data.eval_files or not cfg.eval.max_examples_per_task:
             raise ConfigError("nothing to evaluate: data.eval_files is empty or eval.max_examples_per_task is 0")
         examples_raw = load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field)
-        check_tasks(examples_raw, cgc_config.clusters)
+        check_tasks(examples_raw, cgc_config.task_map)
         metrics = task_metrics(cgc_config.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     except (ConfigError, DataError, ValueError) as err:
         error_exit(str(err))
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = pick_examples(examples_raw, cfg.eval.max_examples_per_task, cgc_config.tasks)
     e = cfg.eval
     answers = generate_answers(model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt)
-    results = score_tasks(examples, answers, metrics, cgc_config.cluster_of)
+    results = score_tasks(examples, answers, metrics, cgc_config.task_map)
     out = Path(args.out or cfg.output_dir)
     if not dist.is_initialized() or dist.get_rank() == 0:
         write_results(out, results, examples, answers)

@@ -42,7 +42,7 @@ def exact_match(model: cgc.CGCModel, tokenizer, examples: list[dict], batch_size
     answers = generate_answers(model, tokenizer, examples, batch_size, 12, SYSTEM_PROMPT)
     model.train()
     metrics = {t: MetricSpec("exact_match") for t in model.tasks}
-    results = score_tasks(examples, answers, metrics, model.cgc_config.cluster_of)
+    results = score_tasks(examples, answers, metrics, model.task_map)
     return {task: r["exact_match"] for task, r in results["tasks"].items()}
 
 
@@ -75,11 +75,12 @@ def main():
     print(f"CGC-LoRA: {len(clusters)} clusters, {len(config.tasks)} tasks, {trainable:,} trainable parameters")
 
     train = load_examples(DEMO / "train.jsonl")
-    check_tasks(train, clusters)
-    task_ids = {t: model.task_id(t) for t in config.tasks}
-    train, report = tokenize_dataset(train, tokenizer, task_ids, max_length=96, system_prompt=SYSTEM_PROMPT)
+    check_tasks(train, config.task_map)
+    train, report = tokenize_dataset(train, tokenizer, config.task_map, max_length=96, system_prompt=SYSTEM_PROMPT)
     print("\n".join(report.lines()))
-    sampler = ClusterAwareBatchSampler(train["task"], clusters, args.batch_size, seed=args.seed, mixing="uniform")
+    sampler = ClusterAwareBatchSampler(
+        train["task_id"], config.task_map, args.batch_size, seed=args.seed, mixing="uniform"
+    )
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer.pad_token_id))
 
     rng = random.Random(args.seed)
@@ -93,19 +94,19 @@ def main():
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[args.lr, args.gate_lr], total_steps=args.steps, pct_start=0.1
     )
-    cluster_of = config.cluster_of  # a property that builds a dict: once, not per step
     progress = tqdm(total=args.steps, desc="train", unit="step")
     step = 0
     while step < args.steps:  # each pass over the loader is one sampler epoch
         for batch in loader:
-            cluster = cluster_of[config.tasks[int(batch["task_ids"][0])]]
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            progress.set_postfix(loss=f"{loss.item():.3f}", cluster=cluster, epoch=sampler.epoch, refresh=False)
+            progress.set_postfix(
+                loss=f"{loss.item():.3f}", cluster=sampler.batch_cluster, epoch=sampler.epoch, refresh=False
+            )
             progress.update()
             if step == args.steps:
                 break
@@ -122,7 +123,7 @@ def main():
     for task in config.tasks:
         gate = model.gate(task)["model.layers.0.self_attn.q_proj"]
         print(
-            f"{task:<15}{config.cluster_of[task]:<10}{before[task]:>8.2f}{after[task]:>8.2f}   "
+            f"{task:<15}{config.task_map.cluster_of(task):<10}{before[task]:>8.2f}{after[task]:>8.2f}   "
             + " ".join(f"{g:.2f}" for g in gate.tolist())
         )
     mean_before, mean_after = (sum(s.values()) / len(s) for s in (before, after))

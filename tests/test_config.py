@@ -7,7 +7,7 @@ from tests.conftest import make_config
 def test_tasks_and_ids_follow_cluster_order():
     cfg = make_config()
     assert cfg.tasks == ["synonym", "antonym", "add", "mul", "sub"]
-    assert cfg.cluster_of["mul"] == "math"
+    assert cfg.task_map.cluster_of("mul") == "math" and cfg.task_map.id_of("mul") == 3
     assert cfg.num_experts("math") == 2 + 1 * 3
     assert cfg.experts_per_task == 3
     assert cfg.scaling == 2.0

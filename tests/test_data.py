@@ -6,6 +6,7 @@ import datasets
 import pytest
 
 from cgc.data import DataError, check_tasks, load_examples, task_counts
+from cgc.task_map import TaskMap
 
 ROWS = [
     {"task": "add", "input": "1 2", "target": "3"},
@@ -111,8 +112,8 @@ def test_missing_file_and_unsupported_type(tmp_path):
 
 def test_task_in_no_cluster_names_task_and_known_tasks(tmp_path):
     dataset = load_examples(write_jsonl(tmp_path / "a.jsonl", ROWS))
-    check_tasks(dataset, {"c1": ["add"], "c2": ["upper"]})
+    check_tasks(dataset, TaskMap.from_clusters({"c1": ["add"], "c2": ["upper"]}))
     with pytest.raises(
         DataError, match=r"task 'upper' of the data is in no cluster; tasks in the cluster map: \['add', 'mul'\]"
     ):
-        check_tasks(dataset, {"c1": ["add", "mul"]})
+        check_tasks(dataset, TaskMap.from_clusters({"c1": ["add", "mul"]}))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from cgc.data import check_tasks, load_examples, task_counts
+from cgc.task_map import TaskMap
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "data" / "demo"
@@ -25,7 +26,7 @@ def test_demo_data_has_three_clusters_nine_tasks_and_correct_answers():
     assert len(clusters) >= 3 and sum(len(t) for t in clusters.values()) >= 6
     train, evaluation = load_examples(DEMO / "train.jsonl"), load_examples(DEMO / "eval.jsonl")
     for split in (train, evaluation):
-        check_tasks(split, clusters)
+        check_tasks(split, TaskMap.from_clusters(clusters))
         assert set(task_counts(split)) == {t for ts in clusters.values() for t in ts}
     assert answer("reverse_words", "apple river stone") == "stone river apple"
     assert answer("subtract", "12 7") == "5" and answer("length", "tiger") == "5"

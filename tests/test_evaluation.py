@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 import cgc
 from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks
 from cgc.metrics import MetricSpec
+from cgc.task_map import TaskMap
 from cgc.tiny import char_tokenizer, tiny_model
 from tests.conftest import randomize_adapter
 
@@ -57,7 +58,8 @@ def test_score_tasks_uses_each_tasks_metric_and_skips_tasks_without_examples():
         {"task": "t1", "target": "yes"},
     ]
     metrics = {"t0": MetricSpec("rouge_l"), "t1": MetricSpec("exact_match"), "t2": MetricSpec("exact_match")}
-    results = score_tasks(examples, ["a b c", "", "yes"], metrics, {"t0": "a", "t1": "a", "t2": "b"})
+    task_map = TaskMap.from_clusters({"a": ["t0", "t1"], "b": ["t2"]})
+    results = score_tasks(examples, ["a b c", "", "yes"], metrics, task_map)
     assert list(results["tasks"]) == ["t0", "t1"]
     assert results["tasks"]["t0"] == {"cluster": "a", "metric": "rouge_l", "score": 0.5, "exact_match": 0.5, "n": 2}
     assert results["mean"] == pytest.approx(0.75) and results["mean_exact_match"] == pytest.approx(0.75)

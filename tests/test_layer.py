@@ -19,7 +19,8 @@ def reference_layer_output(layer: cgc.CGCLinear, config: cgc.CGCLoraConfig, x: t
     S, K = config.num_shared_experts, config.num_task_experts
     rows = []
     for b, task in enumerate(tasks):
-        cluster = config.cluster_of[task]
+        # Looked up here from the cluster map itself, independently of cgc's TaskMap.
+        cluster = next(c for c, members in config.clusters.items() if task in members)
         j = config.clusters[cluster].index(task)
         experts = layer.experts[cluster]
         logits = experts.gate_logits[j] if experts.gate_logits is not None else torch.zeros(1)
@@ -144,7 +145,8 @@ def test_sample_gradients_never_reach_other_clusters_or_other_tasks(base_factory
     model = cgc.attach(base_factory(), make_config(num_shared_experts=S, num_task_experts=K))
     randomize_adapter(model)
     config = model.cgc_config
-    cluster, j = model.task_place(task)
+    place = model.task_map.place(task)
+    cluster, j = place.cluster, place.local_index
     x = batch(batch_size=4)
     for tasks in batches:
         grads = _grads_of_sample(model, x, tasks, sample=0)  # sample 0 is always `task`

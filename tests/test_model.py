@@ -1,5 +1,7 @@
 """CGCModel: input validation, generation, gradient checkpointing, save/load."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -176,8 +178,7 @@ def test_save_and_load_adapter_round_trip(cgc_model, base_factory, tmp_path):
 def test_load_adapter_into_a_different_model_is_refused(cgc_model, tmp_path):
     cgc_model.save_adapter(tmp_path)
     cfg = cgc.CGCLoraConfig.load(tmp_path)
-    cfg.clusters = {"lexical": ["synonym", "antonym"], "math": ["add", "mul"]}
-    cfg.save(tmp_path)
+    dataclasses.replace(cfg, clusters={"lexical": ["synonym", "antonym"], "math": ["add", "mul"]}).save(tmp_path)
     with pytest.raises(ValueError, match="does not fit this base model"):
         cgc.load_adapter(tiny_llama(), tmp_path)
     with pytest.raises(FileNotFoundError, match="cgc_config.json"):

@@ -6,6 +6,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cgc.sampler import ClusterAwareBatchSampler
+from cgc.task_map import TaskMap
+
+
+def make_sampler(tasks, clusters, *args, **kwargs):
+    """A sampler over examples given by task name (the recipes pass the tokenised `task_id` column)."""
+    task_map = TaskMap.from_clusters(clusters)
+    return ClusterAwareBatchSampler([task_map.id_of(t) for t in tasks], task_map, *args, **kwargs)
 
 
 @st.composite
@@ -33,22 +40,22 @@ def setups(draw):
 
 
 def rank_samplers(tasks, clusters, **kwargs):
-    return [ClusterAwareBatchSampler(tasks, clusters, rank=r, **kwargs) for r in range(kwargs["world_size"])]
+    return [make_sampler(tasks, clusters, rank=r, **kwargs) for r in range(kwargs["world_size"])]
 
 
 def test_a_cluster_too_small_for_one_step_is_left_out_with_a_warning():
     tasks = ["a"] * 100 + ["b"] * 3
     with pytest.warns(UserWarning, match=r"clusters \['tiny'\] have fewer than 8 examples"):
-        sampler = ClusterAwareBatchSampler(tasks, {"big": ["a"], "tiny": ["b"]}, 4, world_size=2)
+        sampler = make_sampler(tasks, {"big": ["a"], "tiny": ["b"]}, 4, world_size=2)
     assert set(sampler.cluster_schedule()) == {"big"} and len(sampler) == 12
     with pytest.raises(ValueError, match="not enough examples for one step of 2 ranks x 4 examples in any cluster"):
-        ClusterAwareBatchSampler(tasks[-3:], {"tiny": ["b"]}, 4, world_size=2)
+        make_sampler(tasks[-3:], {"tiny": ["b"]}, 4, world_size=2)
 
 
 def can_fill_a_step(tasks, clusters, kwargs) -> bool:
     """Whether some cluster can fill one global step; when none can, the sampler must say so."""
     try:
-        ClusterAwareBatchSampler(tasks, clusters, **kwargs).cluster_schedule()
+        make_sampler(tasks, clusters, **kwargs).cluster_schedule()
     except ValueError as err:
         assert "not enough examples for one step" in str(err)
         return False
@@ -85,7 +92,7 @@ def test_ranks_agree_on_cluster_and_never_share_or_repeat_examples(setup):
         assert len(set(ids)) == len(ids)  # disjoint across ranks
         assert not seen & set(ids)  # each example at most once per epoch
         seen |= set(ids)
-    usage = samplers[0].__class__(tasks, clusters, rank=0, **kwargs).epoch_usage()
+    usage = make_sampler(tasks, clusters, rank=0, **kwargs).epoch_usage()
     assert sum(usage.values()) == len(seen)
     for task, n in usage.items():
         assert n == sum(1 for i in seen if tasks[i] == task)
@@ -100,12 +107,12 @@ def test_state_round_trip_mid_epoch_yields_the_identical_remaining_sequence(setu
     if not can_fill_a_step(tasks, clusters, kwargs):
         return
     for rank in range(kwargs["world_size"]):
-        reference = ClusterAwareBatchSampler(tasks, clusters, rank=rank, **kwargs)
+        reference = make_sampler(tasks, clusters, rank=rank, **kwargs)
         epoch0, epoch1 = list(reference), list(reference)
-        run = ClusterAwareBatchSampler(tasks, clusters, rank=rank, **kwargs)
+        run = make_sampler(tasks, clusters, rank=rank, **kwargs)
         batches = iter(run)
         first = [next(batches) for _ in range(min(cut, len(epoch0)))]
-        restored = ClusterAwareBatchSampler(tasks, clusters, rank=rank, **kwargs)
+        restored = make_sampler(tasks, clusters, rank=rank, **kwargs)
         restored.load_state_dict(run.state_dict())
         assert first + list(restored) == epoch0
         assert list(restored) == epoch1
@@ -116,9 +123,7 @@ def test_cluster_and_task_frequencies_follow_the_mixing_law(mixing):
     counts = {"a": 4000, "b": 1000, "c": 250, "d": 1000}
     clusters = {"big": ["a", "b"], "small": ["c"], "mid": ["d"]}
     tasks = [t for t, n in counts.items() for _ in range(n)]
-    sampler = ClusterAwareBatchSampler(
-        tasks, clusters, micro_batch_size=2, world_size=2, mixing=mixing, temperature=2.0
-    )
+    sampler = make_sampler(tasks, clusters, micro_batch_size=2, world_size=2, mixing=mixing, temperature=2.0)
 
     def law(ns):
         w = {k: n if mixing == "proportional" else 1.0 if mixing == "uniform" else n**0.5 for k, n in ns.items()}
@@ -142,26 +147,38 @@ def test_cluster_and_task_frequencies_follow_the_mixing_law(mixing):
 def test_optimizer_step_mode_keeps_one_cluster_for_all_accumulation_micro_steps():
     tasks = ["a"] * 300 + ["b"] * 300 + ["c"] * 300
     clusters = {"x": ["a"], "y": ["b"], "z": ["c"]}
-    sampler = ClusterAwareBatchSampler(tasks, clusters, 2, world_size=2, cluster_per="optimizer_step", grad_accum=4)
+    sampler = make_sampler(tasks, clusters, 2, world_size=2, cluster_per="optimizer_step", grad_accum=4)
     schedule = sampler.cluster_schedule()
     assert len(schedule) % 4 == 0
     blocks = [schedule[i : i + 4] for i in range(0, len(schedule), 4)]
     assert all(len(set(b)) == 1 for b in blocks)
     assert len({b[0] for b in blocks}) == 3
-    micro = ClusterAwareBatchSampler(tasks, clusters, 2, world_size=2, grad_accum=4).cluster_schedule()
+    micro = make_sampler(tasks, clusters, 2, world_size=2, grad_accum=4).cluster_schedule()
     assert any(len(set(micro[i : i + 4])) > 1 for i in range(0, len(micro) - 4, 4))  # default: per micro-step
 
 
 def test_bad_arguments_are_reported_together():
     with pytest.raises(ValueError) as err:
-        ClusterAwareBatchSampler(["a"], {"x": ["a"]}, 0, world_size=2, rank=2, mixing="zipf", cluster_per="epoch")
+        make_sampler(["a"], {"x": ["a"]}, 0, world_size=2, rank=2, mixing="zipf", cluster_per="epoch")
     message = str(err.value)
     for part in ("micro_batch_size", "rank must be", "mixing must be", "cluster_per must be"):
         assert part in message
-    with pytest.raises(ValueError, match="task 'q' is in no cluster"):
-        ClusterAwareBatchSampler(["a", "q"], {"x": ["a"]}, 1)
-    sampler = ClusterAwareBatchSampler(["a"] * 10, {"x": ["a"]}, 1, world_size=2, seed=1)
+    with pytest.raises(ValueError, match=r"task id 1 out of range: this model has 1 tasks"):
+        ClusterAwareBatchSampler([0, 1], TaskMap.from_clusters({"x": ["a"]}), 1)
+    sampler = make_sampler(["a"] * 10, {"x": ["a"]}, 1, world_size=2, seed=1)
     with pytest.raises(ValueError, match="saved with seed 2"):
         sampler.load_state_dict({"seed": 2, "epoch": 0, "position": 0})
     with pytest.raises(ValueError, match="saved with world_size 4"):
         sampler.load_state_dict({"seed": 1, "epoch": 0, "position": 0, "world_size": 4})
+
+
+def test_batch_cluster_names_the_cluster_of_the_batch_just_yielded():
+    clusters = {"x": ["a", "b"], "y": ["c"]}
+    tasks = ["a"] * 20 + ["b"] * 20 + ["c"] * 40
+    sampler = make_sampler(tasks, clusters, 4, world_size=2, rank=1)
+    owner = cluster_of(clusters)
+    seen = set()
+    for batch in sampler:
+        assert {owner[tasks[i]] for i in batch} == {sampler.batch_cluster}
+        seen.add(sampler.batch_cluster)
+    assert seen == {"x", "y"}

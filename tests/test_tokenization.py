@@ -7,10 +7,11 @@ import torch
 
 import cgc.tokenization as tokenization
 from cgc.data import load_examples
+from cgc.task_map import TaskMap
 from cgc.tiny import char_tokenizer
 from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, encode_example, tokenize_dataset
 
-TASK_IDS = {"add": 0, "upper": 1}
+TASK_IDS = TaskMap.from_clusters({"math": ["add"], "text": ["upper"]})  # add -> 0, upper -> 1
 
 
 @pytest.mark.parametrize("chat_template", [True, False], ids=["chat-template", "plain"])
