@@ -1,4 +1,5 @@
-"""Checkpoint bookkeeping around DeepSpeed's `save_checkpoint` / `load_checkpoint`.
+"""Checkpoints of the recipe: saving, choosing what to resume from, and restoring, around DeepSpeed's
+`save_checkpoint` / `load_checkpoint`.
 
 Layout: `<output_dir>/checkpoints/step_{N}/` holds one DeepSpeed tag (trainable state only), one
 `cgc_rank{r}.pt` per rank (sampler state and RNG states) and, written last by rank 0 after a barrier that every
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from cgc.distributed import barrier, rank
 
 COMPLETE_MARKER = "cgc_complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -89,6 +92,57 @@ def resolve_resume(resume: str, checkpoints: Path) -> Path | None:
     if not (path / COMPLETE_MARKER).is_file():
         raise ValueError(f"resume={resume}: not a complete cgc checkpoint (no {COMPLETE_MARKER})")
     return path
+
+
+def save(engine, sampler, checkpoints: Path, step: int, world_size: int) -> Path:
+    """Every rank writes its DeepSpeed shard and its own state; rank 0 then marks the directory complete."""
+    tag = f"step_{step}"
+    engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
+    write_rank_state(checkpoints / tag, rank(), sampler.state_dict())
+    barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
+    if rank() == 0:
+        mark_complete(checkpoints / tag, step, world_size)
+    barrier()
+    return checkpoints / tag
+
+
+def prepare_resume(resume: str, checkpoints: Path, world_size: int, ds_config: dict) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), checked against this run's world size before the engine
+    exists; a universal checkpoint sets DeepSpeed's `load_universal` in `ds_config`. Raises ValueError."""
+    tag_dir = resolve_resume(resume, checkpoints)
+    if tag_dir is None:
+        return None
+    if is_universal(tag_dir):
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    elif saved_world_size(tag_dir) != world_size:
+        raise ValueError(
+            f"{tag_dir} was saved by {saved_world_size(tag_dir)} ranks and this run has {world_size}: "
+            f"convert it first with `python -m cgc.checkpoint to-universal {tag_dir}` and resume from the "
+            "*_universal directory it writes"
+        )
+    return tag_dir
+
+
+def load(engine, sampler, tag_dir: Path) -> tuple[int, str]:
+    """Restore the engine (trainable state, optimizer, schedule), the sampler and the RNG states.
+    -> (the step to continue from, a line saying what was restored)."""
+    _, client_state = engine.load_checkpoint(
+        str(tag_dir.parent),
+        tag=tag_dir.name,
+        load_module_strict=False,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
+    step = client_state["step"]
+    if is_universal(tag_dir):
+        # Sampler positions of another world size do not map onto this run's batches: start the next epoch.
+        epoch = read_rank_state(tag_dir, 0)["sampler"]["epoch"]
+        sampler.set_epoch(epoch + 1)
+        return step, f"resumed from universal checkpoint {tag_dir} at step {step}; data restarts at epoch {epoch + 1}"
+    state = read_rank_state(tag_dir, rank())
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return step, f"resumed from {tag_dir} at step {step}"
 
 
 def saved_world_size(tag_dir: Path) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from cgc.config import CGCLoraConfig
+from cgc.config import CGCLoraConfig, InvalidConfigError
 from cgc.metrics import task_metrics
-from cgc.sampler import CLUSTER_PER, MIXINGS
+from cgc.sampler import argument_problems
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -31,81 +31,127 @@ class ConfigError(ValueError):
     """A bad recipe config; the message lists every problem found."""
 
 
+def knob(default=dataclasses.MISSING, help: str = "", factory=dataclasses.MISSING):
+    """A config field with its one-line documentation (`metadata["help"]`): the README's key table is made from
+    these (`python -m cgc.recipe_config`), and a test keeps the two equal."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class ModelSection:
-    name_or_path: str = "tiny-llama"
-    gguf_file: str | None = None
-    quantization: str = "none"
-    dtype: str = "float32"
+    name_or_path: str = knob(
+        "tiny-llama",
+        "a local HF model dir, `tiny-llama` / `tiny-qwen2` (built in code) or `smollm2-135m-instruct` (in a wheel)",
+    )
+    gguf_file: str | None = knob(None, "a GGUF file inside `name_or_path`, de-quantized while loading")
+    quantization: str = knob(
+        "none", "`none`, `nf4` (4-bit, shardable by ZeRO-3) or `int8` of the frozen base (bitsandbytes)"
+    )
+    dtype: str = knob("float32", "`float32`, `bfloat16` or `float16`: the base and engine dtype")
 
 
 @dataclass
 class DataSection:
-    train_files: list[str] = field(default_factory=list)
-    eval_files: list[str] = field(default_factory=list)
-    format: str = "auto"
-    task_field: str | None = None
-    max_length: int = 256
-    system_prompt: str | None = None
+    train_files: list[str] = knob(help="training files (JSONL, JSON, parquet or a `save_to_disk` dir)", factory=list)
+    eval_files: list[str] = knob(help="held-out files for the eval phase (may be empty)", factory=list)
+    format: str = knob("auto", "`auto`, `generic`, `promptcblue`, `firefly` or `alpaca` (see Multi-task data)")
+    task_field: str | None = knob(None, "alpaca: the column holding the task (else the file stem)")
+    max_length: int = knob(256, "tokens per example; longer prompts are cut from the left, targets never")
+    system_prompt: str | None = knob(None, "a system turn before every prompt (chat template), also at eval")
 
 
 @dataclass
 class SamplerSection:
-    mixing: str = "temperature"
-    temperature: float = 2.0
-    cluster_per: str = "micro_step"
+    mixing: str = knob("temperature", "how clusters and tasks are drawn: `proportional`, `uniform` or `temperature`")
+    temperature: float = knob(2.0, "T of p ∝ n^(1/T); higher T gives small tasks more steps")
+    cluster_per: str = knob(
+        "micro_step", "draw a cluster per `micro_step` or per `optimizer_step` (all accumulation steps)"
+    )
 
 
 @dataclass
 class TrainSection:
-    max_steps: int = 100
-    micro_batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    gate_lr: float = 1e-2
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    save_every: int = 0
-    log_every: int = 1
-    stop_after: int | None = None  # end this invocation after N optimizer steps (checkpointed); schedule unchanged
+    max_steps: int = knob(100, "optimizer steps of the whole run (the schedule's length)")
+    micro_batch_size: int = knob(4, "examples per rank per micro-step")
+    grad_accum: int = knob(1, "micro-steps per optimizer step")
+    lr: float = knob(2e-4, "peak learning rate of the experts (A, B)")
+    gate_lr: float = knob(1e-2, "learning rate of the gate logits (no weight decay)")
+    weight_decay: float = knob(0.0, "AdamW weight decay of the experts")
+    schedule: str = knob("cosine", "`cosine`, `linear` or `constant` (after warmup)")
+    warmup_steps: int = knob(0, "linear warmup steps")
+    max_grad_norm: float = knob(1.0, "gradient clipping (0: off)")
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in backward: less activation memory for one more forward pass"
+    )
+    save_every: int = knob(0, "checkpoint every N steps (0: only at the end, on preemption and on stop_after)")
+    log_every: int = knob(1, "write metrics.jsonl / TensorBoard every N steps")
+    stop_after: int | None = knob(
+        None, "end this invocation after N optimizer steps (checkpointed); the schedule is unchanged"
+    )
 
 
 @dataclass
 class EvalSection:
-    max_examples_per_task: int = 32  # 0 = no eval phase in finetune.py
-    max_new_tokens: int = 32
-    batch_size: int = 16
-    default_metric: str | dict = "exact_match"  # a metric name, or {name: ..., <options>} (see cgc.metrics)
-    metrics: dict = field(default_factory=dict)  # task -> metric, for tasks that do not use the default
+    max_examples_per_task: int = knob(32, "held-out examples scored per task after training (0: no eval phase)")
+    max_new_tokens: int = knob(32, "greedy generation length")
+    batch_size: int = knob(16, "prompts per generate call (mixed tasks)")
+    default_metric: str | dict = knob("exact_match", "a metric name, or `{name: ..., <options>}` (see cgc.metrics)")
+    metrics: dict = knob(help="task -> metric, for tasks that do not use the default", factory=dict)
 
 
 @dataclass
 class DeepSpeedSection:
-    config: str = "ds_configs/zero2.json"
+    config: str = knob(
+        "ds_configs/zero2.json",
+        "`ds_configs/zero2.json`, `zero3.json` or `zero3_offload.json`; the recipe fills the batch sizes",
+    )
 
 
 @dataclass
 class RecipeConfig:
-    output_dir: str
-    cgc: dict
-    seed: int = 0
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    sampler: SamplerSection = field(default_factory=SamplerSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    resume: str = "none"
-
-    @property
-    def cgc_config(self) -> CGCLoraConfig:
-        return CGCLoraConfig(**self.cgc)
+    output_dir: str = knob(help="where metrics, checkpoints, eval and adapters go")
+    cgc: CGCLoraConfig = knob(help="the `CGCLoraConfig`: cluster map, expert rank and counts, target modules")
+    seed: int = knob(0, "seeds the model's random init, the sampler's schedule and dropout")
+    model: ModelSection = knob(help="the frozen base", factory=ModelSection)
+    data: DataSection = knob(help="training and held-out data", factory=DataSection)
+    sampler: SamplerSection = knob(help="the cluster-aware sampler", factory=SamplerSection)
+    train: TrainSection = knob(help="optimisation", factory=TrainSection)
+    eval: EvalSection = knob(help="the eval phase after training", factory=EvalSection)
+    deepspeed: DeepSpeedSection = knob(help="the DeepSpeed JSON", factory=DeepSpeedSection)
+    resume: str = knob("none", "`none`, `latest` (the newest complete checkpoint) or a `checkpoints/step_N` dir")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def key_table(cls=RecipeConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) of every leaf key of the recipe config, `cgc.*` included, in field order."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += key_table(hint, f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = (
+                "null"
+                if f.default is None
+                else str(f.default).lower()
+                if isinstance(f.default, bool)
+                else str(f.default)
+            )
+        elif f.default_factory is not dataclasses.MISSING:
+            default = str(f.default_factory())
+        else:
+            default = "required"
+        rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return rows
+
+
+def key_table_markdown() -> str:
+    lines = ["| key | default | what it does |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {help} |" for key, default, help in key_table()]
+    return "\n".join(lines) + "\n"
 
 
 def load_recipe_config(
@@ -125,7 +171,7 @@ def load_recipe_config(
     for item in overrides:
         _apply_override(raw, item, problems)
     config = _build(RecipeConfig, raw, "", problems)
-    if config is not None:
+    if config is not None and None not in (config.model, config.data, config.train, config.eval, config.deepspeed):
         problems += _check_values(config, Path(root), check_paths)
     if problems:
         raise ConfigError(f"invalid config {path}:\n  - " + "\n  - ".join(problems))
@@ -153,7 +199,8 @@ def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
 
 
 def _build(cls, raw, where: str, problems: list[str]):
-    """Dataclass `cls` from mapping `raw`, recording unknown keys and wrong types instead of raising."""
+    """Dataclass `cls` from mapping `raw`, recording unknown keys, wrong types and the problems `cls` itself finds
+    (`InvalidConfigError.problems`, e.g. `CGCLoraConfig`'s) instead of raising. None when it cannot be built."""
     if not isinstance(raw, dict):
         problems.append(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
         return None
@@ -164,25 +211,33 @@ def _build(cls, raw, where: str, problems: list[str]):
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {where}{close[0]}?)" if close else f"; known keys: {sorted(fields)}"
             problems.append(f"unknown key {where}{key}{hint}")
-    values = {}
+    values, missing = {}, False
     for name, f in fields.items():
         key = f"{where}{name}"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if required:
                 problems.append(f"missing key {key}")
+                missing = True
             continue
         value, hint = raw[name], hints[name]
         if _accepts_float(hint) and isinstance(value, str):
             value = _float_or_str(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, f"{key}.", problems) or hint()
+            # A section that could not be built stays None: its problems are recorded, and the other sections
+            # are still checked so that one error lists everything.
+            values[name] = _build(hint, value, f"{key}.", problems)
         elif _fits(value, hint):
             values[name] = float(value) if hint is float else value
         else:
             problems.append(f"{key} must be {_describe(hint)}, got {value!r}")
-    if any(p.startswith(f"missing key {where}") for p in problems):
+    if missing:
         return None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except InvalidConfigError as err:
+        problems += [f"{where.rstrip('.')}: {p}" for p in err.problems]
+        return None
 
 
 def _accepts_float(hint) -> bool:
@@ -244,14 +299,18 @@ def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
         for name in getattr(c.data, key):
             need(exists(name), f"data.{key}: file not found: {name}")
     need(c.data.max_length >= 2, f"data.max_length must be >= 2, got {c.data.max_length}")
-    need(c.sampler.mixing in MIXINGS, f"sampler.mixing must be one of {MIXINGS}, got {c.sampler.mixing!r}")
-    need(c.sampler.temperature > 0, f"sampler.temperature must be > 0, got {c.sampler.temperature}")
-    need(
-        c.sampler.cluster_per in CLUSTER_PER,
-        f"sampler.cluster_per must be one of {CLUSTER_PER}, got {c.sampler.cluster_per!r}",
-    )
+    sections = {
+        "micro_batch_size": "train",
+        "grad_accum": "train",
+        "mixing": "sampler",
+        "temperature": "sampler",
+        "cluster_per": "sampler",
+    }
+    arguments = {name: getattr(getattr(c, section), name) for name, section in sections.items()}
+    for name, message in argument_problems(**arguments).items():
+        problems.append(f"{sections[name]}.{name} {message}")
     t = c.train
-    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every"):
+    for key in ("max_steps", "log_every"):
         need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     need(t.gate_lr >= 0, f"train.gate_lr must be >= 0, got {t.gate_lr}")
@@ -272,24 +331,14 @@ def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
         c.resume in ("none", "latest") or exists(c.resume, "is_dir"),
         f"resume must be none, latest or a checkpoint directory, got {c.resume!r}",
     )
-    known = {f.name for f in dataclasses.fields(CGCLoraConfig)}
-    unknown = sorted(set(c.cgc) - known)
-    for key in unknown:
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        problems.append(
-            f"unknown key cgc.{key}"
-            + (f" (did you mean cgc.{close[0]}?)" if close else f"; known keys: {sorted(known)}")
-        )
-    if "clusters" not in c.cgc:
-        problems.append("missing key cgc.clusters")
-    if unknown or "clusters" not in c.cgc:
+    if c.cgc is None:  # its problems are already listed
         return problems
     try:
-        tasks = CGCLoraConfig(**c.cgc).tasks
-    except ValueError as err:
-        return problems + [f"cgc: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
-    try:
-        task_metrics(tasks, c.eval.default_metric, c.eval.metrics)
+        task_metrics(c.cgc.tasks, c.eval.default_metric, c.eval.metrics)
     except ValueError as err:
         problems.append(str(err))
     return problems
+
+
+if __name__ == "__main__":  # the README's key table: python -m cgc.recipe_config
+    print(key_table_markdown(), end="")

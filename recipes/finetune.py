@@ -4,9 +4,11 @@
     torchrun --nproc_per_node 2 recipes/finetune.py --config recipes/configs/tiny_cpu.yaml
     python recipes/finetune.py --config recipes/configs/tiny_cpu.yaml          # one process
 
-config -> data (validated before anything distributed starts) -> process group -> base model (optionally 4-bit
-NF4 / 8-bit) -> cgc.attach -> tokenised data + cluster-aware sampler -> deepspeed.initialize -> resume -> train
-(checkpoints, SIGTERM/SIGINT = checkpoint and exit 0) -> per-task eval -> adapters/ (cgc + one PEFT LoRA per task).
+`main` runs the phases in order, each a function below it with its inputs and outputs in its signature:
+load_inputs (config and raw data, validated before any process group or model exists) -> start_process_group
+-> setup_model (base model, optionally 4-bit NF4 / 8-bit, + cgc.attach) -> setup_data (tokenised data and the
+cluster-aware sampler) -> setup_engine (optimizer, schedule, deepspeed.initialize) -> resume -> train
+(checkpoints; SIGTERM/SIGINT = checkpoint and exit 0) -> finish (per-task eval, adapters/, run_summary.json).
 On machines without GPUs the same code runs on CPU ranks over gloo.
 """
 
@@ -20,18 +22,19 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 
 import cgc
 from cgc import checkpoint as ckpt
 from cgc.data import DataError, check_tasks, load_examples
 from cgc.distributed import (
-    all_reduce_sum,
     any_rank,
     barrier,
     clear_zero3_gradient_partitions,
@@ -43,14 +46,49 @@ from cgc.distributed import (
     rank0_first,
 )
 from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks, write_results
-from cgc.metrics import task_metrics
+from cgc.metrics import MetricSpec, task_metrics
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
+from cgc.run_log import RunLog, StepStats
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
-    # ---- 1. config and data: fail fast, before any process group or model exists ------------------------
+    inputs = load_inputs(argv)
+    cfg, out = inputs.cfg, Path(inputs.cfg.output_dir)
+    rank, world = start_process_group()
+    write_resolved_config(cfg, out, rank)
+    model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
+    loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
+    try:
+        resume_dir = ckpt.prepare_resume(cfg.resume, out / "checkpoints", world, inputs.ds_config)
+    except ValueError as err:
+        error_exit(str(err))
+    engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
+    start_step = resume(engine, sampler, resume_dir)
+    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, start_step, inputs.zero3, world, rank)
+    finish(cfg, inputs, engine, tokenizer, result, world, rank)
+    barrier()
+    del keep_alive
+
+
+# ==== the phases, in the order main() runs them ================================================================
+
+
+@dataclass
+class RunInputs:
+    """Everything that can be checked before a process group or a model exists."""
+
+    cfg: RecipeConfig
+    train_raw: datasets.Dataset
+    eval_raw: datasets.Dataset | None
+    metrics: dict[str, MetricSpec]  # task -> its eval metric
+    ds_config: dict
+    zero3: bool
+
+
+def load_inputs(argv: list[str] | None) -> RunInputs:
+    """Config, DeepSpeed JSON and raw data, validated: bad input fails fast with one message (exit 2)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
@@ -58,59 +96,78 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides)
-        cgc_config = cfg.cgc_config  # built (and validated) once: the property makes a new one on every access
-        clusters = cgc_config.clusters
+        task_map = cfg.cgc.task_map
         train_raw = load_examples(cfg.data.train_files, cfg.data.format, cfg.data.task_field)
-        check_tasks(train_raw, clusters)
-        eval_raw = (
-            load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field) if cfg.data.eval_files else None
-        )
-        if eval_raw is not None:
-            check_tasks(eval_raw, clusters)
-        metrics = task_metrics(cgc_config.tasks, cfg.eval.default_metric, cfg.eval.metrics)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        ds_config = deepspeed_config(cfg, world)
+        check_tasks(train_raw, task_map)
+        eval_raw = None
+        if cfg.data.eval_files:
+            eval_raw = load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field)
+            check_tasks(eval_raw, task_map)
+        metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+        ds_config = deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     except (ConfigError, DataError) as err:
         error_exit(str(err))
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
-    out = Path(cfg.output_dir)
-    checkpoints = out / "checkpoints"
+    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
 
-    # ---- 2. process group: nccl on GPUs, gloo on CPU ranks --------------------------------------------------
+
+def start_process_group() -> tuple[int, int]:
+    """nccl on GPUs, gloo on CPU ranks; plain `python recipes/finetune.py` is a run of world size 1. -> (rank, world)"""
     import deepspeed  # a slow import: only once the config is known to be good
 
-    if "RANK" not in os.environ:  # plain `python recipes/finetune.py`: a run of world size 1
+    if "RANK" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank()
-    torch.manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    import torch.distributed as dist
 
-    # ---- 3. base model and CGC-LoRA -------------------------------------------------------------------------
-    model, tokenizer, hf_ds_config = build_base_model(cfg, ds_config, zero3)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def write_resolved_config(cfg: RecipeConfig, out: Path, rank: int) -> None:
+    """The config as this run uses it (YAML + overrides + defaults): printed, and kept as output_dir/config.yaml."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    print0(f"resolved config:\n{text}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(text)
+
+
+def setup_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
+    """-> (CGCModel, tokenizer, a HfDeepSpeedConfig or None that must stay alive while the model is in use)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from cgc.base_model import load_recipe_model
+
+    torch.manual_seed(cfg.seed)
+    # Unquantized under ZeRO-3: shard while loading (zero.Init). bitsandbytes models load in full on every rank
+    # and are sharded by deepspeed.initialize.
+    keep_alive = HfDeepSpeedConfig(ds_config) if zero3 and cfg.model.quantization == "none" else None
+    m = cfg.model
+    base, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
     try:
-        model = cgc.attach(model, cgc_config)
+        model = cgc.attach(base, cfg.cgc)
     except ValueError as err:  # e.g. target_modules matching nothing: a config problem, not a crash
         error_exit(f"cgc: {err}")
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    trainable_params = model.num_trainable_parameters()
-    tasks, cluster_of = model.tasks, cgc_config.cluster_of  # looked up per sample in the loop below
-    counts = f"{len(clusters)} clusters, {len(tasks)} tasks, {trainable_params:,} trainable"
-    print0(f"CGC-LoRA on {cfg.model.name_or_path}: {counts}")
+    counts = f"{len(cfg.cgc.clusters)} clusters, {len(model.tasks)} tasks"
+    print0(f"CGC-LoRA on {m.name_or_path}: {counts}, {model.num_trainable_parameters():,} trainable")
+    return model, tokenizer, keep_alive
 
-    # ---- 4. data: tokenised once (rank 0 fills the datasets cache), one cluster per micro-step on all ranks -
-    task_ids = {t: model.task_id(t) for t in tasks}
+
+def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, world: int, rank: int):
+    """Tokenised once (rank 0 fills the `datasets` cache first), one cluster per micro-step on all ranks.
+    -> (DataLoader, its ClusterAwareBatchSampler)."""
     with rank0_first():
         train_set, report = tokenize_dataset(
-            train_raw, tokenizer, task_ids, cfg.data.max_length, system_prompt=cfg.data.system_prompt
+            train_raw, tokenizer, model.task_map, cfg.data.max_length, system_prompt=cfg.data.system_prompt
         )
     print0("\n".join(report.lines()))
     sampler = ClusterAwareBatchSampler(
-        train_set["task"],
-        clusters,
+        train_set["task_id"],
+        model.task_map,
         cfg.train.micro_batch_size,
         world_size=world,
         rank=rank,
@@ -120,12 +177,20 @@ def main(argv: list[str] | None = None) -> None:
         cluster_per=cfg.sampler.cluster_per,
         grad_accum=cfg.train.grad_accum,
     )
-    # num_workers=0: the sampler's position is then exactly what training consumed, which the checkpoint stores.
+    # num_workers=0: the sampler's position is then exactly what training consumed (the checkpoint stores it),
+    # and its `batch_cluster` is the cluster of the batch the loader just returned.
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer.pad_token_id)
     )
+    return loader, sampler
 
-    # ---- 5. optimizer (experts and gates at their own learning rates), schedule, DeepSpeed engine -----------
+
+def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict):
+    """Experts and gates at their own learning rates, the schedule, the DeepSpeed engine.
+    -> (engine, scheduler, the name of each param group in the scheduler's order)."""
+    import deepspeed
+    from transformers import get_scheduler
+
     groups = model.optimizer_groups(cfg.train.lr, cfg.train.gate_lr, cfg.train.weight_decay)
     if "offload_optimizer" in ds_config["zero_optimization"]:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -133,21 +198,6 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = DeepSpeedCPUAdam(groups)
     else:
         optimizer = torch.optim.AdamW(groups)
-    from transformers import get_scheduler
-
-    try:
-        resume_dir = ckpt.resolve_resume(cfg.resume, checkpoints)
-    except ValueError as err:
-        error_exit(str(err))
-    if resume_dir is not None:
-        if ckpt.is_universal(resume_dir):
-            ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        elif ckpt.saved_world_size(resume_dir) != world:
-            error_exit(
-                f"{resume_dir} was saved by {ckpt.saved_world_size(resume_dir)} ranks and this run has {world}: "
-                f"convert it first with `python -m cgc.checkpoint to-universal {resume_dir}` and resume from the "
-                "*_universal directory it writes"
-            )
     schedule = "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
@@ -155,152 +205,146 @@ def main(argv: list[str] | None = None) -> None:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-    base_bytes_total, base_bytes_rank = base_param_bytes(engine.module)
+    return engine, scheduler, [g["name"] for g in groups]
 
-    # ---- 6. resume ------------------------------------------------------------------------------------------
-    step = 0
-    if resume_dir is not None:
-        _, client_state = engine.load_checkpoint(
-            str(resume_dir.parent),
-            tag=resume_dir.name,
-            load_module_strict=False,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-        )
-        step = client_state["step"]
-        if ckpt.is_universal(resume_dir):
-            # Sampler positions of another world size do not map onto this run's batches: start the next epoch.
-            epoch = ckpt.read_rank_state(resume_dir, 0)["sampler"]["epoch"]
-            sampler.set_epoch(epoch + 1)
-            print0(f"resumed from universal checkpoint {resume_dir} at step {step}; data restarts at epoch {epoch + 1}")
-        else:
-            state = ckpt.read_rank_state(resume_dir, rank)
-            sampler.load_state_dict(state["sampler"])
-            ckpt.set_rng_state(state["rng"])
-            print0(f"resumed from {resume_dir} at step {step}")
 
-    # ---- 7. train --------------------------------------------------------------------------------------------
-    log = RunLog(out, cgc_config.num_shared_experts, rank, resume_from=step)
+def resume(engine, sampler: ClusterAwareBatchSampler, resume_dir: Path | None) -> int:
+    """-> the step to start from: 0, or the resumed checkpoint's."""
+    if resume_dir is None:
+        return 0
+    step, message = ckpt.load(engine, sampler, resume_dir)
+    print0(message)
+    return step
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done, resumed ones included
+    finished: bool  # max_steps reached (not stopped by a signal or stop_after)
+    final_loss: float
+    tokens: float  # real tokens of this invocation's steps, over all ranks
+    seconds: float  # time in training steps only (no load, eval or saves)
+
+
+def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, zero3: bool, world: int, rank: int):
+    """Optimizer steps until max_steps (or stop_after, or a signal), checkpointing as configured. -> TrainResult"""
+    model: cgc.CGCModel = engine.module
+    out = Path(cfg.output_dir)
+    log = RunLog(out, cfg.cgc.num_shared_experts, rank, resume_from=step)
     preempted = Preemption()
     progress = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
     micro_batches = endless(loader)
     stop_at = min(cfg.train.max_steps, step + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.max_steps
     engine.train()
-    last_saved, train_seconds, total_tokens, final_loss = step, 0.0, 0.0, float("nan")
+    last_saved, seconds, tokens, final_loss = step, 0.0, 0.0, float("nan")
     while step < stop_at:
         tick = time.time()
-        sums: dict[str, float] = {}  # "loss", "tokens", "seen", "task/<t>", "task_n/<t>", "cluster/<c>", ...
-        step_clusters, step_tasks = [], set()
+        stats = StepStats(model.task_map)
         for _ in range(cfg.train.grad_accum):
             batch = {k: v.to(engine.device) for k, v in next(micro_batches).items()}
-            cluster = cluster_of[tasks[int(batch["task_ids"][0])]]
             logits = engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
             ).logits
             loss, per_sample, per_sample_tokens = token_loss(logits, batch["labels"])
             engine.backward(loss)
             engine.step()
-            step_clusters.append(cluster)
-            add(sums, "loss", loss.item() / cfg.train.grad_accum)
-            add(sums, "seen", float(batch["attention_mask"].sum()))
-            add(sums, f"cluster/{cluster}", loss.item())
-            add(sums, f"cluster_n/{cluster}", 1.0)
-            for tid, s, n in zip(
-                batch["task_ids"].tolist(), per_sample.tolist(), per_sample_tokens.tolist(), strict=True
-            ):
-                add(sums, f"task/{tasks[tid]}", s)
-                add(sums, f"task_n/{tasks[tid]}", n)
-                step_tasks.add(tasks[tid])
+            seen = float(batch["attention_mask"].sum())
+            stats.add(
+                sampler.batch_cluster,
+                loss.item(),
+                cfg.train.grad_accum,
+                seen,
+                batch["task_ids"],
+                per_sample,
+                per_sample_tokens,
+            )
         grad_norm = optional_float(engine.get_global_grad_norm())
         if zero3:
             clear_zero3_gradient_partitions(engine)
         step += 1
-        keys = sorted(
-            set(sums)
-            | {f"{k}/{c}" for k in ("cluster", "cluster_n") for c in clusters}
-            | {f"{k}/{t}" for k in ("task", "task_n") for t in tasks}
-        )
-        totals = dict(zip(keys, all_reduce_sum([sums.get(k, 0.0) for k in keys]), strict=True))
-        final_loss = totals["loss"] / world
+        total = stats.reduce()
+        final_loss = total.loss / world
         if not math.isfinite(final_loss):
             error_exit(
-                f"loss is {final_loss} at step {step}; this rank's batch held tasks {sorted(step_tasks)}", code=3
+                f"loss is {final_loss} at step {step}; this rank's batch held tasks {stats.tasks_seen()}", code=3
             )
         elapsed = time.time() - tick
-        train_seconds += elapsed
-        total_tokens += totals["seen"]
+        seconds += elapsed
+        tokens += total.tokens
         if step % cfg.train.log_every == 0 or step == stop_at:
+            lrs = dict(zip(lr_groups, scheduler.get_last_lr(), strict=True))
             record = {
                 "step": step,
                 "loss": final_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": totals["seen"] / elapsed,
-                "cluster": step_clusters[0] if len(set(step_clusters)) == 1 else step_clusters,
-                "task_losses": {t: totals[f"task/{t}"] / totals[f"task_n/{t}"] for t in tasks if totals[f"task_n/{t}"]},
-                "cluster_losses": {
-                    c: totals[f"cluster/{c}"] / totals[f"cluster_n/{c}"] for c in clusters if totals[f"cluster_n/{c}"]
-                },
+                "lr": lrs["experts"],
+                "lr_groups": lrs,
+                "tokens_per_s": total.tokens / elapsed,
+                "cluster": total.clusters[0] if len(set(total.clusters)) == 1 else total.clusters,
+                "task_losses": total.task_losses(),
+                "cluster_losses": total.cluster_losses(),
                 "grad_norm": grad_norm,
             }
             with gathered((p for n, p in model.trainable_parameters() if n.endswith("gate_logits")), zero3):
-                gates_now = {t: mean_gate(model, t) for t in tasks}
+                gates_now = {t: mean_gate(model, t) for t in model.tasks}
             log.write(record, gates_now)
             progress.set_postfix(loss=f"{final_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         progress.update()
         stopping = any_rank(preempted.requested)
         if stopping or step == stop_at or (cfg.train.save_every and step % cfg.train.save_every == 0):
-            save_checkpoint(engine, sampler, checkpoints, step, world)
+            saved = ckpt.save(engine, sampler, out / "checkpoints", step, world)
             last_saved = step
         if stopping:
-            print0(f"\nstopped by {preempted.signal_name} at step {step}; checkpoint: {checkpoints / f'step_{step}'}")
+            print0(f"\nstopped by {preempted.signal_name} at step {step}; checkpoint: {saved}")
             break
     progress.close()
     if last_saved != step:
-        save_checkpoint(engine, sampler, checkpoints, step, world)
-    finished = step >= cfg.train.max_steps
+        ckpt.save(engine, sampler, out / "checkpoints", step, world)
+    log.close()
+    return TrainResult(step, step >= cfg.train.max_steps, final_loss, tokens, seconds)
 
-    # ---- 8. eval, adapters, summary -------------------------------------------------------------------------
-    if finished and eval_raw is not None and cfg.eval.max_examples_per_task:
-        examples = pick_examples(eval_raw, cfg.eval.max_examples_per_task, tasks)
+
+def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: TrainResult, world: int, rank: int):
+    """A finished run: per-task eval (eval.json/md, predictions) and adapters/. Every run: run_summary.json."""
+    model: cgc.CGCModel = engine.module
+    out, zero3 = Path(cfg.output_dir), inputs.zero3
+    if result.finished and inputs.eval_raw is not None and cfg.eval.max_examples_per_task:
+        examples = pick_examples(inputs.eval_raw, cfg.eval.max_examples_per_task, model.tasks)
         e = cfg.eval
         answers = generate_answers(
-            engine.module, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
+            model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
         )
-        results = score_tasks(examples, answers, metrics, cluster_of)
+        results = score_tasks(examples, answers, inputs.metrics, model.task_map)
         if rank == 0:
             write_results(out, results, examples, answers)
             print0(f"\nper-task scores (greedy, held-out examples; {out / 'eval.md'}):\n{markdown_table(results)}")
-    if finished:
+    if result.finished:
         with gathered((p for _, p in model.trainable_parameters()), zero3):
             if rank == 0:
                 model.save_adapter(out / "adapters" / "cgc")
-                for task in tasks:
+                for task in model.tasks:
                     cgc.export_peft_adapter(model, task, out / "adapters" / "peft" / task)
-    peak_rss = max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    base_bytes_total, base_bytes_rank = base_param_bytes(model)
     summary = {
         "world_size": world,
-        "zero_stage": ds_config["zero_optimization"].get("stage", 0),
+        "zero_stage": inputs.ds_config["zero_optimization"].get("stage", 0),
         "quantization": cfg.model.quantization,
-        "steps": step,
-        "finished": finished,
-        "final_loss": final_loss,
-        "trainable_params": trainable_params,
+        "steps": result.step,
+        "finished": result.finished,
+        "final_loss": result.final_loss,
+        "trainable_params": model.num_trainable_parameters(),
         "base_param_bytes_total": base_bytes_total,
         "base_param_bytes_per_rank": max_over_ranks(base_bytes_rank),
-        "peak_rss_mb": peak_rss,
-        "tokens_per_s": total_tokens / max(train_seconds, 1e-9),  # training steps only (no load, eval, saves)
+        "peak_rss_mb": max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),  # training steps only (no load, eval, saves)
     }
     if rank == 0:
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print0(f"\nrun summary: {out / 'run_summary.json'}\nTensorBoard: tensorboard --logdir {out / 'tensorboard'}")
-        if finished:
+        if result.finished:
             print0(f"adapters: {out / 'adapters' / 'cgc'} (cgc), {out / 'adapters' / 'peft'} (one PEFT LoRA per task)")
-    log.close()
-    barrier()
-    del hf_ds_config
 
 
-# ==== the pieces main() calls, in order =========================================================================
+# ==== helpers of the phases ====================================================================================
 
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
@@ -328,20 +372,6 @@ def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
     elif cfg.model.dtype == "float16":
         ds.setdefault("fp16", {"enabled": True})
     return ds
-
-
-def build_base_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
-    """-> (model, tokenizer, HfDeepSpeedConfig or None). The last must stay alive while the model is built."""
-    from transformers.integrations import HfDeepSpeedConfig
-
-    from cgc.base_model import load_recipe_model
-
-    # Unquantized under ZeRO-3: shard while loading (zero.Init). bitsandbytes models load in full on every rank
-    # and are sharded by deepspeed.initialize.
-    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 and cfg.model.quantization == "none" else None
-    m = cfg.model
-    model, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
-    return model, tokenizer, hf_ds_config
 
 
 def base_param_bytes(model: cgc.CGCModel) -> tuple[int, int]:
@@ -377,54 +407,9 @@ def optional_float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def add(sums: dict, key: str, value: float) -> None:
-    sums[key] = sums.get(key, 0.0) + value
-
-
 def mean_gate(model: cgc.CGCModel, task: str) -> list[float]:
     gates = list(model.gate(task).values())
     return torch.stack(gates).mean(dim=0).tolist()
-
-
-class RunLog:
-    """metrics.jsonl (one object per logged step) and TensorBoard scalars, written by rank 0."""
-
-    def __init__(self, out: Path, num_shared: int, rank: int, resume_from: int):
-        self.rank, self.num_shared = rank, num_shared
-        self.path = out / "metrics.jsonl"
-        self.writer = None
-        if rank != 0:
-            return
-        if self.path.exists():  # a resumed run continues the file; steps after the checkpoint are re-run
-            kept = [
-                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_from
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from + 1 if resume_from else None)
-
-    def write(self, record: dict, gates: dict[str, list[float]]) -> None:
-        if self.rank != 0:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        step, w = record["step"], self.writer
-        for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
-            if record[key] is not None:
-                w.add_scalar(f"train/{key}", record[key], step)
-        for task, value in record["task_losses"].items():
-            w.add_scalar(f"loss_task/{task}", value, step)
-        for cluster, value in record["cluster_losses"].items():
-            w.add_scalar(f"loss_cluster/{cluster}", value, step)
-        S = self.num_shared
-        for task, weights in gates.items():
-            for k, g in enumerate(weights):
-                w.add_scalar(f"gate/{task}/{'shared' if k < S else 'own'}{k if k < S else k - S}", g, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 class Preemption:
@@ -437,16 +422,6 @@ class Preemption:
 
     def _handle(self, signum, frame):
         self.requested, self.signal_name = True, signal.Signals(signum).name
-
-
-def save_checkpoint(engine, sampler, checkpoints: Path, step: int, world: int) -> None:
-    tag = f"step_{step}"
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
-    ckpt.write_rank_state(checkpoints / tag, dist.get_rank(), sampler.state_dict())
-    barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
-    if dist.get_rank() == 0:
-        ckpt.mark_complete(checkpoints / tag, step, world)
-    barrier()
 
 
 if __name__ == "__main__":

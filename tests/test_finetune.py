@@ -15,11 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from cgc.distributed import free_port
+from cgc.recipe_config import load_recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 TINY = "recipes/configs/tiny_cpu.yaml"
 QUIET = ["eval.max_examples_per_task=0"]
+RUN = ["train.max_steps=8", "train.save_every=4", "eval.max_examples_per_task=2"]  # the shared zero3_run
 
 
 def command(out: Path, *overrides, launcher_args=("--num_gpus", "2")) -> list[str]:
@@ -49,7 +51,7 @@ def losses(out: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "run"
-    result = launch(out, "train.max_steps=8", "train.save_every=4", "eval.max_examples_per_task=2")
+    result = launch(out, *RUN)
     return out, result.stdout
 
 
@@ -63,9 +65,16 @@ def test_zero3_nf4_trains_on_two_ranks_and_writes_every_output(zero3_run):
         assert summary[key] > 0, key
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
+    resolved = load_recipe_config(out / "config.yaml", root=ROOT)  # the resolved config, written at start
+    assert resolved.to_dict() == load_recipe_config(ROOT / TINY, [f"output_dir={out}", *RUN], root=ROOT).to_dict()
+    assert "resolved config:" in stdout
     for r in records:
         assert {"step", "loss", "lr", "tokens_per_s", "cluster", "task_losses", "grad_norm"} <= set(r)
         assert r["cluster"] in ("words", "numbers", "letters") and r["task_losses"]
+        # every param group's learning rate: one schedule, so gates / experts stays gate_lr / lr
+        assert set(r["lr_groups"]) == {"experts", "gates"} and r["lr"] == r["lr_groups"]["experts"]
+        if r["lr"] > 0:
+            assert r["lr_groups"]["gates"] / r["lr"] == pytest.approx(resolved.train.gate_lr / resolved.train.lr)
     by_cluster: dict[str, list[float]] = {}
     for r in records:
         by_cluster.setdefault(r["cluster"], []).append(r["loss"])

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cgc.recipe_config import ConfigError, load_recipe_config
+from cgc.config import CGCLoraConfig
+from cgc.recipe_config import ConfigError, key_table, key_table_markdown, load_recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -14,7 +15,7 @@ RUNNABLE_HERE = {"tiny_cpu.yaml", "smollm2_demo.yaml"}  # the others point at mo
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_yaml_loads_and_opens_with_its_command(path):
     config = load_recipe_config(path, root=ROOT, check_paths=path.name in RUNNABLE_HERE)
-    assert config.cgc_config.tasks
+    assert isinstance(config.cgc, CGCLoraConfig) and config.cgc.tasks
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and ("recipes/finetune.py" in first or "launch/" in first), first
     assert config.deepspeed.config.startswith("ds_configs/")
@@ -35,7 +36,7 @@ def test_overrides_are_parsed_as_yaml():
     )
     assert config.train.max_steps == 8 and config.train.lr == 1e-3 and isinstance(config.train.lr, float)
     assert config.data.train_files == ["recipes/data/demo/eval.jsonl", "recipes/data/demo/train.jsonl"]
-    assert config.model.quantization == "none" and config.cgc_config.r == 2 and config.resume == "latest"
+    assert config.model.quantization == "none" and config.cgc.r == 2 and config.resume == "latest"
 
 
 def test_a_bad_config_lists_every_problem_at_once():
@@ -86,3 +87,34 @@ def test_eval_metrics_are_checked_against_the_tasks_and_known_metrics():
         load_recipe_config(tiny, ["eval.metrics.multiply=exact_match"], root=ROOT)
     with pytest.raises(ConfigError, match="eval.default_metric: unknown metric 'f1'"):
         load_recipe_config(tiny, ["eval.default_metric=f1"], root=ROOT)
+
+
+def test_readme_key_table_is_the_one_generated_from_the_config_fields():
+    rows = key_table()
+    assert all(help_text for _, _, help_text in rows), [key for key, _, h in rows if not h]  # every field documented
+    keys = {key for key, _, _ in rows}
+    assert {"output_dir", "cgc.clusters", "cgc.r", "train.gate_lr", "eval.metrics", "deepspeed.config"} <= keys
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- recipe keys: python -m cgc.recipe_config -->\n")
+    end = readme.index("<!-- end recipe keys -->")
+    generated = readme[start:end].split("\n", 1)[1]
+    assert generated == key_table_markdown(), "README key table is stale: paste `python -m cgc.recipe_config`"
+
+
+def test_cgc_section_problems_join_the_one_config_error():
+    with pytest.raises(ConfigError) as err:
+        load_recipe_config(
+            ROOT / "recipes/configs/tiny_cpu.yaml",
+            ["cgc.r=0", "cgc.clusters={a: [x], b: [x]}", "train.lr=-1", "sampler.mixing=zipf", "train.grad_accum=0"],
+            root=ROOT,
+        )
+    message = str(err.value)
+    for expected in (
+        "cgc: r must be an integer >= 1, got 0",
+        "cgc: task 'x' appears in cluster 'a' and again in 'b'",
+        "train.lr must be > 0, got -1",
+        "sampler.mixing must be one of",  # the sampler's own argument check, under the config's key names
+        "train.grad_accum must be >= 1, got 0",
+    ):
+        assert expected in message, expected
+    assert "invalid CGCLoraConfig" not in message  # merged as problems, not nested as text
