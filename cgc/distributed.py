@@ -1,4 +1,13 @@
-"""Small distributed helpers shared by the recipes: rank-0 printing, ZeRO-3 gathering, sums over ranks."""
+"""Distributed helpers shared by the recipes: starting the process group on the right device, rank-0 printing,
+ZeRO-3 gathering, and every collective the recipes run themselves.
+
+Collectives. The recipes' own reductions (metrics, the preemption flag, peak memory, evaluation answers,
+barriers) carry a few host numbers or Python objects. NCCL rejects CPU tensors, so under NCCL they run over a
+gloo *side group* created once, right after the process group starts; under gloo the default group serves.
+Host values stay on the host (no device copy and sync per step, nothing queued on NCCL streams beside
+DeepSpeed's), and the same code runs on every backend. No other module calls a `torch.distributed` collective
+(a test checks the sources, and one runs these helpers under a stand-in NCCL backend).
+"""
 
 from __future__ import annotations
 
@@ -37,9 +46,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SIDE_GROUP = None  # the gloo group of the recipes' collectives when the default backend is not gloo
+
+
+def local_device() -> torch.device:
+    """This process's device: `cuda:LOCAL_RANK` when CUDA is available (one GPU per local rank), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def start_process_group(init=None) -> tuple[int, int]:
+    """Select this rank's GPU before anything touches CUDA, start the process group (nccl on GPUs, gloo on CPU
+    ranks) with `init(backend)` (default `torch.distributed.init_process_group`; the recipe passes DeepSpeed's),
+    then create the side group for the collectives below. -> (rank, world size)"""
+    device = local_device()
+    if device.type == "cuda":
+        # Before init: NCCL binds each rank's communicator to the current device, and bitsandbytes quantizes on
+        # it. Without this every local rank would put its CUDA context and its model on GPU 0.
+        torch.cuda.set_device(device)
+    (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo")
+    make_side_group()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def make_side_group(force: bool = False) -> None:
+    """Create the gloo side group (a collective call: every rank, once, right after the process group starts).
+    `force` creates it under gloo too (tests)."""
+    global _SIDE_GROUP
+    if force or dist.get_backend() != "gloo":
+        _SIDE_GROUP = dist.new_group(backend="gloo")
+
+
+def _group():
+    """The group of the recipes' collectives: the side group, or the default group when that is gloo."""
+    if _SIDE_GROUP is None and dist.get_backend() != "gloo":
+        raise RuntimeError(
+            "cgc.distributed: the process group's backend is not gloo and no side group exists; start it with "
+            "cgc.distributed.start_process_group (or call make_side_group on every rank right after init)"
+        )
+    return _SIDE_GROUP
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if _active():
+        dist.barrier(group=_group())
 
 
 @contextlib.contextmanager
@@ -53,21 +108,30 @@ def rank0_first():
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
+    tensor = torch.tensor(values, dtype=torch.float64)  # host numbers: CPU tensors over the gloo group
+    if _active():
+        dist.all_reduce(tensor, group=_group())
     return tensor.tolist()
 
 
 def max_over_ranks(value: float) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_group())
     return tensor.item()
 
 
 def any_rank(flag: bool) -> bool:
     return all_reduce_sum([float(flag)])[0] > 0
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (a one-element list without a process group)."""
+    if not _active():
+        return [obj]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, obj, group=_group())
+    return everyone
 
 
 def gathered(params, zero3: bool):

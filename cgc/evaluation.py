@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from cgc.distributed import gather_objects
 from cgc.generation import greedy_answers
 from cgc.metrics import MetricSpec, exact_match
 from cgc.model import CGCModel
@@ -49,14 +50,10 @@ def generate_answers(
     for b in tqdm(range(batches), desc="eval", unit="batch", disable=rank != 0):
         index = mine[b * batch_size : (b + 1) * batch_size]
         chunk = [examples[i] for i in index] or examples[:1]  # a rank with nothing left repeats one, unused
-        answers = greedy_answers(
-            model, tokenizer, chunk, max_new_tokens, system_prompt, synced_gpus=zero3 and world > 1
-        )
+        answers = greedy_answers(model, tokenizer, chunk, max_new_tokens, system_prompt, synced_gpus=zero3)
         answered += list(zip(index, answers[: len(index)], strict=True))  # drop the repeat's answer
     if world > 1:
-        everyone = [None] * world
-        dist.all_gather_object(everyone, answered)
-        answered = [pair for part in everyone for pair in part]
+        answered = [pair for part in gather_objects(answered) for pair in part]
     result = [""] * len(examples)
     for i, answer in answered:
         result[i] = answer

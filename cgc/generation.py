@@ -20,9 +20,9 @@ def greedy_answers(
     """Left-padded prompts (the same prompt format as training), one task id per example, greedy decoding;
     returns the stripped answer of each example.
 
-    `synced_gpus=True` under ZeRO-3 with several ranks: every rank then runs the same number of forward passes
-    (transformers' synced_gpus) and calls every cluster's experts in the same order (`every_cluster`), since the
-    ranks' batches hold different tasks and ZeRO-3 gathers parameters collectively."""
+    `synced_gpus=True` under ZeRO-3 (needed with several ranks, harmless with one): every rank then runs the
+    same number of forward passes (transformers' synced_gpus) and calls every cluster's experts in the same order
+    (`every_cluster`), since the ranks' batches hold different tasks and ZeRO-3 gathers parameters collectively."""
     collate = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")
     features = [
         {

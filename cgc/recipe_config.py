@@ -41,7 +41,7 @@ def knob(default=dataclasses.MISSING, help: str = "", factory=dataclasses.MISSIN
 class ModelSection:
     name_or_path: str = knob(
         "tiny-llama",
-        "a local HF model dir, `tiny-llama` / `tiny-qwen2` (built in code) or `smollm2-135m-instruct` (in a wheel)",
+        "a local HF model dir; built in code: `tiny-llama`, `tiny-qwen2`, `random-llama-1b`; `smollm2-135m-instruct`",
     )
     gguf_file: str | None = knob(None, "a GGUF file inside `name_or_path`, de-quantized while loading")
     quantization: str = knob(

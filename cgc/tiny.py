@@ -1,7 +1,9 @@
 """Built-in tiny models and a character-level tokenizer, for tests and quick CPU runs with nothing to download.
 
 `model.name_or_path: tiny-llama` (or `tiny-qwen2`) in a recipe config builds a small randomly initialised model;
-`char_tokenizer()` tokenizes any ASCII text one character per token.
+`random-llama-1b` builds a randomly initialised Llama with Llama-3.2-1B's layer shapes (0.97 B parameters in its
+linear layers), for GPU tests and benchmarks on machines with no hub access. `char_tokenizer()` tokenizes any
+ASCII text one character per token; every built-in model's vocabulary matches it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-TINY_MODELS = {"tiny-llama": (LlamaConfig, LlamaForCausalLM), "tiny-qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+TINY_MODELS = {
+    "tiny-llama": (LlamaConfig, LlamaForCausalLM),
+    "tiny-qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "random-llama-1b": (LlamaConfig, LlamaForCausalLM),
+}
+# Shapes other than the tiny default: Llama-3.2-1B's (hidden 2048, MLP 8192, 16 layers, 32 heads, 8 KV heads).
+SHAPES = {"random-llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_layers": 16, "heads": (32, 8)}}
 
 
 def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
@@ -37,17 +45,19 @@ def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
 
 
 def tiny_model(name: str = "tiny-llama", seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
-    """A small random causal LM whose vocabulary matches `char_tokenizer()`."""
+    """A random causal LM whose vocabulary matches `char_tokenizer()` (`hidden_size` and `num_layers` apply to the
+    tiny models; `random-llama-1b` has fixed shapes)."""
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; built-in tiny models: {sorted(TINY_MODELS)}")
     config_class, model_class = TINY_MODELS[name]
+    shape = SHAPES.get(name, {"hidden_size": hidden_size, "num_layers": num_layers, "heads": (4, 2)})
     config = config_class(
         vocab_size=len(SPECIAL_TOKENS) + len(set(CHARS)),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape.get("intermediate_size", shape["hidden_size"] * 2),
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["heads"][0],
+        num_key_value_heads=shape["heads"][1],
         max_position_embeddings=512,
         pad_token_id=0,
         eos_token_id=1,

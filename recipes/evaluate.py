@@ -17,14 +17,13 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 import cgc
 from cgc.base_model import load_recipe_model
 from cgc.config import CONFIG_NAME
 from cgc.data import DataError, check_tasks, load_examples
-from cgc.distributed import error_exit, print0
+from cgc.distributed import error_exit, local_device, print0, start_process_group
 from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks, write_results
 from cgc.metrics import task_metrics
 from cgc.recipe_config import ConfigError, load_recipe_config
@@ -56,15 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, ValueError) as err:
         error_exit(str(err))
     if "RANK" in os.environ:  # torchrun / deepspeed launcher: every rank answers its share of the examples
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        start_process_group()
 
     # ---- model ------------------------------------------------------------------------------------------
     m = cfg.model
     base, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
-    if torch.cuda.is_available() and m.quantization == "none":
-        base = base.cuda()
+    if m.quantization == "none":  # bitsandbytes models are placed on this rank's GPU while loading
+        base = base.to(local_device())
     if args.adapter == "none":
         model = cgc.attach(base, cgc_config)  # every LoRA B starts at zero: exactly the base model
         print0(f"evaluating the base model {m.name_or_path} alone")

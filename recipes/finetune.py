@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import cgc
 from cgc import checkpoint as ckpt
+from cgc import distributed
 from cgc.data import DataError, check_tasks, load_examples
 from cgc.distributed import (
     any_rank,
@@ -50,6 +51,7 @@ from cgc.metrics import MetricSpec, task_metrics
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.run_log import RunLog, StepStats
 from cgc.sampler import ClusterAwareBatchSampler
+from cgc.support import MachineFacts, unsupported_combinations
 from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
 
 
@@ -105,6 +107,10 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
             check_tasks(eval_raw, task_map)
         metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
         ds_config = deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        facts = MachineFacts.detect(need_ops="offload_optimizer" in ds_config["zero_optimization"])
+        refused = unsupported_combinations(cfg.model.quantization, cfg.model.dtype, ds_config, facts)
+        if refused:
+            raise ConfigError("unsupported on this machine:\n  - " + "\n  - ".join(refused))
     except (ConfigError, DataError) as err:
         error_exit(str(err))
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
@@ -112,17 +118,15 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
 
 
 def start_process_group() -> tuple[int, int]:
-    """nccl on GPUs, gloo on CPU ranks; plain `python recipes/finetune.py` is a run of world size 1. -> (rank, world)"""
+    """This rank's GPU selected first, then nccl on GPUs or gloo on CPU ranks (cgc.distributed); plain
+    `python recipes/finetune.py` is a run of world size 1. -> (rank, world)"""
     import deepspeed  # a slow import: only once the config is known to be good
 
     if "RANK" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    import torch.distributed as dist
-
-    return dist.get_rank(), dist.get_world_size()
+    return distributed.start_process_group(lambda backend: deepspeed.init_distributed(dist_backend=backend))
 
 
 def write_resolved_config(cfg: RecipeConfig, out: Path, rank: int) -> None:
@@ -179,8 +183,13 @@ def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, wor
     )
     # num_workers=0: the sampler's position is then exactly what training consumed (the checkpoint stores it),
     # and its `batch_cluster` is the cluster of the batch the loader just returned.
+    # A generator of its own: a new loader iterator otherwise draws its seed from torch's global generator, which
+    # would shift the dropout masks of a resumed run against the uninterrupted one.
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer.pad_token_id)
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=MultiTaskCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     return loader, sampler
 

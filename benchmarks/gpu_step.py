@@ -1,0 +1,140 @@
+"""A CGC-LoRA train step against PEFT LoRA of equal total rank on a ~1B model: tokens/s, peak GPU memory and MFU,
+printed as JSON.
+
+    python benchmarks/gpu_step.py                                   # random-llama-1b, NF4 base, bf16, on the GPU
+    python benchmarks/gpu_step.py --quantization none --seq 1024
+    python benchmarks/gpu_step.py --model tiny-llama --device cpu   # a smoke run of the script itself (no MFU)
+
+The model is `random-llama-1b` (Llama-3.2-1B's layer shapes, randomly initialised from a config: nothing is
+downloaded). CGC-LoRA: the demo's shape (3 clusters x 3 tasks, S=2, K=1, r=8 on all 7 projections), the batch one
+cluster with its three tasks mixed, as the cluster-aware sampler gives it; its layers then compute the cluster's
+total rank (S + K*3)*r = 40, so PEFT LoRA runs at r=40 (equal total rank). Both with non-reentrant gradient
+checkpointing, AdamW on the adapter, timed alternately in one process.
+
+MFU = tokens/s x FLOPs per token / the GPU's dense bf16 peak. FLOPs per token: 2N forward + 2N backward to the
+inputs + 2N recompute (checkpointing) for the N frozen weights of the linear layers (frozen: no weight gradient),
+plus 8 per adapter weight (forward, recompute, input and weight gradients). Attention's score products are left
+out (small at these lengths), so MFU is slightly understated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+import cgc
+from cgc.base_model import load_recipe_model
+
+from timing import ALL_PROJECTIONS, DEMO_CLUSTERS, machine, make_step, randomize, time_alternately
+
+# Dense bf16 peak of the GPUs this is likely to meet, TFLOP/s (vendor data sheets, without sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
+CLUSTER_RANK = 40  # (S + K * 3) * r of the demo's shape
+
+
+def build(variant: str, args):
+    """-> (model, trainable params, inputs, frozen linear weights N, adapter weights the step computes with)."""
+    base, _ = load_recipe_model(args.model, None, args.quantization, args.dtype)
+    if args.quantization == "none":
+        base = base.to(args.device)
+    base.config.use_cache = False
+    frozen = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
+    ids = torch.randint(4, 104, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
+    if variant == "cgc":
+        config = cgc.CGCLoraConfig(
+            clusters=DEMO_CLUSTERS,
+            r=8,
+            alpha=16,
+            num_shared_experts=2,
+            num_task_experts=1,
+            target_modules=ALL_PROJECTIONS,
+        )
+        model = cgc.attach(base, config).train()
+        params = [p for _, p in model.trainable_parameters()]
+        tasks = DEMO_CLUSTERS["words"]
+        inputs = {"input_ids": ids, "labels": ids, "task_ids": [tasks[i % len(tasks)] for i in range(args.batch)]}
+        # one cluster's experts run per step: its A and B (gate logits are negligible)
+        active = sum(p.numel() for n, p in model.trainable_parameters() if ".words." in n and "lora_" in n)
+    else:
+        lora = LoraConfig(r=CLUSTER_RANK, lora_alpha=2 * CLUSTER_RANK, target_modules=ALL_PROJECTIONS)
+        model = get_peft_model(base, lora).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        inputs = {"input_ids": ids, "labels": ids}
+        active = sum(p.numel() for p in params)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    randomize(params)
+    return model, params, inputs, frozen, active
+
+
+def peak_tflops(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    if args.device == "cpu":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random-llama-1b")
+    parser.add_argument("--quantization", default="nf4", choices=["none", "nf4"])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak_tflops", type=float, help="the GPU's dense bf16 peak, if not in the table")
+    args = parser.parse_args()
+    if args.device == "cpu" and args.quantization != "none":
+        parser.error("--device cpu is a smoke run: use --quantization none (bitsandbytes NF4 training wants a GPU)")
+
+    built = {v: build(v, args) for v in ("cgc", "peft_r40")}
+    times = time_alternately(
+        {v: make_step(m, p, i) for v, (m, p, i, _, _) in built.items()}, repeats=args.repeats, warmup=args.warmup
+    )
+    tokens = args.batch * args.seq
+    peak = peak_tflops(args)
+    rows = {}
+    for variant, (model, params, inputs, frozen, active) in built.items():
+        step = make_step(model, params, inputs)
+        memory = None
+        if args.device != "cpu":  # the step's peak above what is resident (both models, their optimizer states)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            memory = (torch.cuda.max_memory_allocated() - before) / 2**20
+        flops_per_token = 6 * frozen + 8 * active
+        tokens_per_s = tokens / times[variant]
+        rows[variant] = {
+            "step_s": times[variant],
+            "tokens_per_s": tokens_per_s,
+            "peak_memory_mb": memory,
+            "trainable_params": sum(p.numel() for p in params),
+            "flops_per_token": flops_per_token,
+            "mfu": None if peak is None else tokens_per_s * flops_per_token / (peak * 1e12),
+        }
+    report = {
+        "benchmark": "gpu_step",
+        **machine(args.device),
+        "model": args.model,
+        "frozen_linear_params": built["cgc"][3],
+        "quantization": args.quantization,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "peak_bf16_tflops": peak,
+        "results": rows,
+        "cgc_over_peft_step_time": times["cgc"] / times["peft_r40"],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
