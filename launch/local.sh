@@ -5,5 +5,10 @@
 set -euo pipefail
 nprocs=${1:?usage: launch/local.sh NUM_PROCS CONFIG [overrides...]}; config=${2:?config}; shift 2
 cd "$(dirname "$0")/.."
-exec "${DEEPSPEED:-deepspeed}" --num_gpus "$nprocs" --master_port "${MASTER_PORT:-29500}" \
+# DeepSpeed's compiled ops live in the environment the launcher runs from (make install builds them there);
+# the recipe sets the same directory itself when this is unset.
+launcher=$(command -v "${DEEPSPEED:-deepspeed}")
+prefix=$("$(dirname "$launcher")/python" -c 'import sys; print(sys.prefix)' 2>/dev/null || true)
+if [ -z "${TORCH_EXTENSIONS_DIR:-}" ] && [ -n "$prefix" ]; then export TORCH_EXTENSIONS_DIR=$prefix/torch_extensions; fi
+exec "$launcher" --num_gpus "$nprocs" --master_port "${MASTER_PORT:-29500}" \
   recipes/finetune.py --config "$config" "$@"

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import cgc
 from cgc import checkpoint as ckpt
-from cgc import distributed
+from cgc import deepspeed_ops, distributed
 from cgc.data import DataError, check_tasks, load_examples
 from cgc.distributed import (
     any_rank,
@@ -58,7 +58,7 @@ from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
 def main(argv: list[str] | None = None) -> None:
     inputs = load_inputs(argv)
     cfg, out = inputs.cfg, Path(inputs.cfg.output_dir)
-    rank, world = start_process_group()
+    rank, world = start_process_group(inputs.ds_config)
     write_resolved_config(cfg, out, rank)
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
@@ -117,9 +117,17 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
     return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
 
 
-def start_process_group() -> tuple[int, int]:
+def start_process_group(ds_config: dict) -> tuple[int, int]:
     """This rank's GPU selected first, then nccl on GPUs or gloo on CPU ranks (cgc.distributed); plain
-    `python recipes/finetune.py` is a run of world size 1. -> (rank, world)"""
+    `python recipes/finetune.py` is a run of world size 1. DeepSpeed builds some ops on first use (inside
+    init_distributed on CPU ranks): a stale build lock stops the run here instead of hanging it. -> (rank, world)"""
+    extensions = deepspeed_ops.use_environment_extensions_dir()
+    ops = deepspeed_ops.ops_for(ds_config, torch.cuda.is_available())
+    stale = deepspeed_ops.stale_locks(extensions, ops)
+    if stale:
+        error_exit(deepspeed_ops.stale_lock_message(stale))
+    if distributed.rank() == 0:
+        deepspeed_ops.announce_builds(extensions, ops)
     import deepspeed  # a slow import: only once the config is known to be good
 
     if "RANK" not in os.environ:
