@@ -23,12 +23,10 @@ import argparse
 import json
 
 import torch
-from peft import LoraConfig, get_peft_model
 
-import cgc
 from cgc.base_model import load_recipe_model
 
-from timing import ALL_PROJECTIONS, DEMO_CLUSTERS, machine, make_step, randomize, time_alternately
+from timing import demo_cgc, machine, make_step, peft_lora, randomize, time_alternately
 
 # Dense bf16 peak of the GPUs this is likely to meet, TFLOP/s (vendor data sheets, without sparsity).
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
@@ -44,25 +42,11 @@ def build(variant: str, args):
     frozen = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
     ids = torch.randint(4, 104, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
     if variant == "cgc":
-        config = cgc.CGCLoraConfig(
-            clusters=DEMO_CLUSTERS,
-            r=8,
-            alpha=16,
-            num_shared_experts=2,
-            num_task_experts=1,
-            target_modules=ALL_PROJECTIONS,
-        )
-        model = cgc.attach(base, config).train()
-        params = [p for _, p in model.trainable_parameters()]
-        tasks = DEMO_CLUSTERS["words"]
-        inputs = {"input_ids": ids, "labels": ids, "task_ids": [tasks[i % len(tasks)] for i in range(args.batch)]}
+        model, params, inputs = demo_cgc(base, ids)
         # one cluster's experts run per step: its A and B (gate logits are negligible)
         active = sum(p.numel() for n, p in model.trainable_parameters() if ".words." in n and "lora_" in n)
     else:
-        lora = LoraConfig(r=CLUSTER_RANK, lora_alpha=2 * CLUSTER_RANK, target_modules=ALL_PROJECTIONS)
-        model = get_peft_model(base, lora).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        inputs = {"input_ids": ids, "labels": ids}
+        model, params, inputs = peft_lora(base, ids, CLUSTER_RANK)
         active = sum(p.numel() for p in params)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     randomize(params)

@@ -21,13 +21,11 @@ import subprocess
 import sys
 
 import torch
-from peft import LoraConfig, get_peft_model
 
-import cgc
 from cgc.base_model import load_base_model
 from cgc.tiny import tiny_model
 
-from timing import ALL_PROJECTIONS, DEMO_CLUSTERS, machine, make_step, randomize, time_alternately
+from timing import demo_cgc, machine, make_step, peft_lora, randomize, time_alternately
 
 MODELS = {"tiny": "tiny-llama (hidden 256, 4 layers)", "smollm2": "smollm2-135m-instruct"}
 VARIANTS = ("cgc", "peft_r24", "peft_r40")
@@ -44,23 +42,9 @@ def build(model_name: str, variant: str, args):
     vocab = base.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
     if variant == "cgc":
-        config = cgc.CGCLoraConfig(
-            clusters=DEMO_CLUSTERS,
-            r=8,
-            alpha=16,
-            num_shared_experts=2,
-            num_task_experts=1,
-            target_modules=ALL_PROJECTIONS,
-        )
-        model = cgc.attach(base, config).train()
-        params = [p for _, p in model.trainable_parameters()]
-        tasks = DEMO_CLUSTERS["words"]
-        inputs = {"input_ids": ids, "labels": ids, "task_ids": [tasks[i % len(tasks)] for i in range(args.batch)]}
+        model, params, inputs = demo_cgc(base, ids)
     else:
-        rank = int(variant.removeprefix("peft_r"))
-        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ALL_PROJECTIONS)).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        inputs = {"input_ids": ids, "labels": ids}
+        model, params, inputs = peft_lora(base, ids, int(variant.removeprefix("peft_r")))
     randomize(params)
     return model, params, inputs
 

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
+
+import cgc
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
 DEMO_CLUSTERS: dict[str, list[str]] = json.loads((DEMO / "clusters.json").read_text())  # 3 clusters x 3 tasks
@@ -65,3 +68,22 @@ def machine(device: str) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+
+
+def demo_cgc(base, ids: torch.Tensor):
+    """The demo's CGC-LoRA shape (3 clusters x 3 tasks, S=2, K=1, r=8 on all 7 projections) on `base`, and a batch
+    of `ids` that holds one cluster with its three tasks mixed, as the cluster-aware sampler gives it.
+    -> (model, trainable params, inputs)"""
+    config = cgc.CGCLoraConfig(
+        clusters=DEMO_CLUSTERS, r=8, alpha=16, num_shared_experts=2, num_task_experts=1, target_modules=ALL_PROJECTIONS
+    )
+    model = cgc.attach(base, config).train()
+    tasks = DEMO_CLUSTERS["words"]
+    inputs = {"input_ids": ids, "labels": ids, "task_ids": [tasks[i % len(tasks)] for i in range(len(ids))]}
+    return model, [p for _, p in model.trainable_parameters()], inputs
+
+
+def peft_lora(base, ids: torch.Tensor, rank: int):
+    """PEFT LoRA of `rank` on all 7 projections (alpha/r = 2, as the demo's experts). -> (model, params, inputs)"""
+    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ALL_PROJECTIONS)).train()
+    return model, [p for p in model.parameters() if p.requires_grad], {"input_ids": ids, "labels": ids}
