@@ -47,6 +47,9 @@ def load_examples(
     if format != "auto" and format not in FORMATS:
         raise DataError(f"unknown data format {format!r}; formats: auto, {', '.join(FORMATS)}")
     parts = [_read_file(Path(p), format, task_field) for p in paths]
+    for path, part in zip(paths, parts, strict=True):
+        if len(part) == 0:
+            raise DataError(f"{path}: no examples in it")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -106,12 +109,32 @@ def _read_raw(path: Path) -> datasets.Dataset:
         raise DataError(
             f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet or a dataset directory"
         )
+    if builder == "json":
+        _check_text(path)
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except DatasetGenerationError as err:
         if builder == "json":
             _raise_json_error(path, err)
         raise DataError(f"{path}: cannot read it: {err.__cause__ or err}") from err
+
+
+def _check_text(path: Path) -> None:
+    """A JSON/JSONL file must hold UTF-8 text and at least one record; say which line is not UTF-8 (pyarrow only
+    raises a UnicodeDecodeError without a place). Reads the file once, line by line."""
+    empty = True
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{line[bad.start]:02x} at column {bad.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
+            empty = empty and not text.strip()
+    if empty:
+        raise DataError(f"{path}: the file is empty: no examples to read")
 
 
 def _raise_json_error(path: Path, err: Exception):

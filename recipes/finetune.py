@@ -15,6 +15,7 @@ On machines without GPUs the same code runs on CPU ranks over gloo.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         resume_dir = ckpt.prepare_resume(cfg.resume, out / "checkpoints", world, inputs.ds_config)
     except ValueError as err:
         error_exit(str(err))
+    if resume_dir is None and cfg.resume == "latest":
+        print0(f"resume=latest: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
     start_step = resume(engine, sampler, resume_dir)
     result = train(cfg, engine, scheduler, lr_groups, loader, sampler, start_step, inputs.zero3, world, rank)
@@ -106,6 +109,7 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
             eval_raw = load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field)
             check_tasks(eval_raw, task_map)
         metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+        check_writable(Path(cfg.output_dir))
         ds_config = deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         facts = MachineFacts.detect(need_ops="offload_optimizer" in ds_config["zero_optimization"])
         refused = unsupported_combinations(cfg.model.quantization, cfg.model.dtype, ds_config, facts)
@@ -115,6 +119,17 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
         error_exit(str(err))
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
     return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
+
+
+def check_writable(out: Path) -> None:
+    """output_dir can be created and written (by this rank: a probe file of its own), before anything loads."""
+    probe = out / f".write_check_{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} is not writable: {err.strerror or err}") from None
 
 
 def start_process_group(ds_config: dict) -> tuple[int, int]:
@@ -267,13 +282,13 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, zero3: 
             engine.step()
             seen = float(batch["attention_mask"].sum())
             stats.add(
-                sampler.batch_cluster,
-                loss.item(),
-                cfg.train.grad_accum,
-                seen,
-                batch["task_ids"],
-                per_sample,
-                per_sample_tokens,
+                cluster=sampler.batch_cluster,  # the same on every rank: the sampler drew it for all of them
+                loss=loss.item(),
+                grad_accum=cfg.train.grad_accum,
+                tokens=seen,
+                task_ids=batch["task_ids"],
+                per_sample_loss=per_sample,
+                per_sample_tokens=per_sample_tokens,
             )
         grad_norm = optional_float(engine.get_global_grad_norm())
         if zero3:
@@ -366,8 +381,7 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
     """The static JSON of `deepspeed.config` with the batch fields filled from the YAML, and checked."""
-    with open(cfg.deepspeed.config) as f:
-        ds = json.load(f)
+    ds = read_deepspeed_json(Path(cfg.deepspeed.config))
     micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
     wanted = {
         "train_micro_batch_size_per_gpu": micro,
@@ -388,6 +402,48 @@ def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
         ds.setdefault("bf16", {"enabled": True})
     elif cfg.model.dtype == "float16":
         ds.setdefault("fp16", {"enabled": True})
+    return ds
+
+
+# DeepSpeed's top-level keys (its config documentation). An unknown key close to one of these is a typo that
+# DeepSpeed itself would ignore silently (e.g. `zero_optimisation`: the run would train without ZeRO).
+DEEPSPEED_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
+    "fp16", "bf16", "amp", "gradient_clipping", "zero_optimization", "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer", "activation_checkpointing", "wall_clock_breakdown", "steps_per_print",
+    "tensorboard", "wandb", "csv_monitor", "flops_profiler", "comms_logger", "checkpoint", "data_types",
+    "communication_data_type", "prescale_gradients", "gradient_predivide_factor", "sparse_gradients",
+    "memory_breakdown", "dump_state", "aio", "autotuning", "compression_training", "data_efficiency",
+    "elasticity", "pipeline", "dataloader_drop_last", "torch_autocast",
+)  # fmt: skip
+
+
+def read_deepspeed_json(path: Path) -> dict:
+    """The DeepSpeed JSON, checked: valid JSON (file:line), no likely typo of a top-level key, and a
+    `zero_optimization` section DeepSpeed's own model accepts (it forbids unknown keys)."""
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    problems = []
+    for key in ds:
+        close = difflib.get_close_matches(key, DEEPSPEED_KEYS, n=1, cutoff=0.8)
+        if key not in DEEPSPEED_KEYS and close:
+            problems.append(f"unknown key {key!r} (did you mean {close[0]!r}? DeepSpeed would ignore it silently)")
+    if isinstance(ds.get("zero_optimization"), dict):
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+        from pydantic import ValidationError
+
+        try:
+            DeepSpeedZeroConfig(**ds["zero_optimization"])
+        except ValidationError as err:
+            for e in err.errors():
+                where = ".".join(str(p) for p in e["loc"])
+                problems.append(f"zero_optimization.{where}: {e['msg']}")
+    if problems:
+        raise ConfigError(f"{path}:\n  - " + "\n  - ".join(problems))
     return ds
 
 

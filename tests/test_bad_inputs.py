@@ -1,0 +1,55 @@
+"""Bad inputs the recipe checks before any model loads: each ends with exit code 2 and one message naming the
+file (and line) or key, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = json.dumps({"task": "add", "input": "1 2", "target": "3"})
+
+
+def write_inputs(tmp: Path) -> None:
+    (tmp / "empty.jsonl").write_text("\n  \n")
+    (tmp / "latin1.jsonl").write_bytes((GOOD + "\n").encode() + b'{"task": "add", "input": "caf\xe9", "target": "1"}\n')
+    (tmp / "broken.json").write_text('{"zero_optimization": {"stage": 2},\n}\n')
+    (tmp / "typo.json").write_text('{"zero_optimisation": {"stage": 3}}\n')
+    (tmp / "zero_typo.json").write_text('{"zero_optimization": {"stage": 3, "overlap_com": true}}\n')
+    (tmp / "a_file").write_text("")
+
+
+CASES = {
+    "empty-train-file": (["data.train_files=[{tmp}/empty.jsonl]"], "{tmp}/empty.jsonl: the file is empty"),
+    "not-utf8": (["data.train_files=[{tmp}/latin1.jsonl]"], "{tmp}/latin1.jsonl:2: not UTF-8 text (byte 0xe9"),
+    "malformed-ds-json": (["deepspeed.config={tmp}/broken.json"], "{tmp}/broken.json:2: malformed JSON"),
+    "ds-json-typo": (["deepspeed.config={tmp}/typo.json"], "did you mean 'zero_optimization'?"),
+    "ds-zero-key-typo": (["deepspeed.config={tmp}/zero_typo.json"], "zero_optimization.overlap_com: Extra inputs"),
+    "unwritable-output-dir": (["output_dir={tmp}/a_file/run"], "output_dir {tmp}/a_file/run is not writable"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_before_the_model_loads_with_one_message(tmp_path, case):
+    write_inputs(tmp_path)
+    overrides, message = CASES[case]
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", *(o.format(tmp=tmp_path) for o in overrides)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Loading weights" not in result.stderr and "resolved config" not in result.stdout  # nothing started
+
+
+def test_resume_latest_with_nothing_to_resume_says_so(tmp_path):
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", "resume=latest", "train.max_steps=1", "eval.max_examples_per_task=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resume=latest: no complete checkpoint in" in result.stdout and "starting at step 0" in result.stdout
