@@ -50,10 +50,17 @@ _SIDE_GROUP = None  # the gloo group of the recipes' collectives when the defaul
 
 
 def local_device() -> torch.device:
-    """This process's device: `cuda:LOCAL_RANK` when CUDA is available (one GPU per local rank), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """This process's device: `cuda:LOCAL_RANK` when CUDA is available (one GPU per local rank), else the CPU.
+    A process that sees a single GPU uses it whatever its LOCAL_RANK (schedulers that bind one GPU per task
+    through CUDA_VISIBLE_DEVICES, e.g. srun --gpus-per-task=1)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)
+    if local >= count:
+        raise RuntimeError(f"LOCAL_RANK={local} but this process sees only {count} GPUs: start one process per GPU")
+    return torch.device("cuda", local)
 
 
 def start_process_group(init=None) -> tuple[int, int]:

@@ -92,6 +92,7 @@ def test_each_local_rank_gets_its_own_gpu_before_the_process_group_starts(monkey
     events = []
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: events.append(("set_device", str(device))))
     monkeypatch.setattr(cd, "make_side_group", lambda: events.append(("side_group",)))
     monkeypatch.setattr(cd.dist, "get_rank", lambda: 3)
@@ -100,6 +101,11 @@ def test_each_local_rank_gets_its_own_gpu_before_the_process_group_starts(monkey
     assert base_model.quantized_device_map() == {"": 3}  # bitsandbytes quantizes on this rank's GPU
     assert cd.start_process_group(lambda backend: events.append(("init", backend))) == (3, 8)
     assert events == [("set_device", "cuda:3"), ("init", "nccl"), ("side_group",)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU bound per task by the scheduler
+    assert cd.local_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match="LOCAL_RANK=3 but this process sees only 2 GPUs"):
+        cd.local_device()
 
 
 def test_without_cuda_the_device_is_the_cpu_and_nothing_is_placed(monkeypatch):
