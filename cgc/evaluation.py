@@ -88,6 +88,8 @@ def markdown_table(results: dict) -> str:
             f"| {task} | {r['cluster']} | {r['metric']} | {r['score']:.3f} | {r['exact_match']:.3f} | {r['n']} |"
         )
     lines.append(f"| **mean** | | | **{results['mean']:.3f}** | {results['mean_exact_match']:.3f} | |")
+    if results.get("untrained_tasks"):
+        lines.append(f"\nScored without any training data (in no training file): {results['untrained_tasks']}")
     return "\n".join(lines) + "\n"
 
 

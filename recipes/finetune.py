@@ -35,7 +35,7 @@ from tqdm import tqdm
 import cgc
 from cgc import checkpoint as ckpt
 from cgc import deepspeed_ops, distributed
-from cgc.data import DataError, check_tasks, load_examples
+from cgc.data import DataError, check_tasks, load_examples, task_counts
 from cgc.distributed import (
     any_rank,
     barrier,
@@ -110,15 +110,47 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
             check_tasks(eval_raw, task_map)
         metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
         check_writable(Path(cfg.output_dir))
-        ds_config = deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        check_step_fits_a_cluster(cfg, task_counts(train_raw), world)
+        ds_config = deepspeed_config(cfg, world)
         facts = MachineFacts.detect(need_ops="offload_optimizer" in ds_config["zero_optimization"])
         refused = unsupported_combinations(cfg.model.quantization, cfg.model.dtype, ds_config, facts)
         if refused:
             raise ConfigError("unsupported on this machine:\n  - " + "\n  - ".join(refused))
     except (ConfigError, DataError) as err:
         error_exit(str(err))
+    warn_empty_targets(train_raw)
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
     return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
+
+
+def check_step_fits_a_cluster(cfg: RecipeConfig, counts: dict[str, int], world: int) -> None:
+    """Every micro-step takes micro_batch_size examples of one cluster on every rank (all accumulation steps with
+    cluster_per=optimizer_step): at least one cluster must hold that many examples."""
+    unit_steps = cfg.train.grad_accum if cfg.sampler.cluster_per == "optimizer_step" else 1
+    unit = cfg.train.micro_batch_size * world * unit_steps
+    task_map = cfg.cgc.task_map
+    sizes = {c: sum(counts.get(t, 0) for t in task_map.tasks_of(c)) for c in task_map.clusters}
+    if max(sizes.values()) < unit:
+        accum = f" x {unit_steps} accumulation steps" if unit_steps > 1 else ""
+        raise ConfigError(
+            f"train.micro_batch_size={cfg.train.micro_batch_size} x {world} ranks{accum} needs {unit} examples of one "
+            f"cluster per step, more than any cluster has (training examples per cluster: {sizes}); lower "
+            "train.micro_batch_size"
+        )
+
+
+def warn_empty_targets(train_raw) -> None:
+    """An empty target trains the model to answer with EOS alone: say so, per task."""
+    empty: dict[str, int] = {}
+    for task, target in zip(train_raw["task"], train_raw["target"], strict=True):
+        if not target.strip():
+            empty[task] = empty.get(task, 0) + 1
+    for task, n in sorted(empty.items()):
+        print0(
+            f"warning: {n} training examples of task {task!r} have an empty target (they teach it to answer nothing)",
+            file=sys.stderr,
+        )
 
 
 def check_writable(out: Path) -> None:
@@ -192,18 +224,28 @@ def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, wor
             train_raw, tokenizer, model.task_map, cfg.data.max_length, system_prompt=cfg.data.system_prompt
         )
     print0("\n".join(report.lines()))
-    sampler = ClusterAwareBatchSampler(
-        train_set["task_id"],
-        model.task_map,
-        cfg.train.micro_batch_size,
-        world_size=world,
-        rank=rank,
-        seed=cfg.seed,
-        mixing=cfg.sampler.mixing,
-        temperature=cfg.sampler.temperature,
-        cluster_per=cfg.sampler.cluster_per,
-        grad_accum=cfg.train.grad_accum,
-    )
+    lost = sorted(t for t, n in report.examples.items() if report.dropped.get(t, 0) == n)
+    if lost:
+        print0(
+            f"warning: data.max_length={cfg.data.max_length} drops every example of tasks {lost} (their targets "
+            "alone do not fit): they are not trained",
+            file=sys.stderr,
+        )
+    try:
+        sampler = ClusterAwareBatchSampler(
+            train_set["task_id"],
+            model.task_map,
+            cfg.train.micro_batch_size,
+            world_size=world,
+            rank=rank,
+            seed=cfg.seed,
+            mixing=cfg.sampler.mixing,
+            temperature=cfg.sampler.temperature,
+            cluster_per=cfg.sampler.cluster_per,
+            grad_accum=cfg.train.grad_accum,
+        )
+    except ValueError as err:  # e.g. max_length dropped so many examples that no cluster fills a step
+        error_exit(f"after tokenisation (data.max_length={cfg.data.max_length}): {err}")
     # num_workers=0: the sampler's position is then exactly what training consumed (the checkpoint stores it),
     # and its `batch_cluster` is the cluster of the batch the loader just returned.
     # A generator of its own: a new loader iterator otherwise draws its seed from torch's global generator, which
@@ -346,6 +388,9 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
             model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
         )
         results = score_tasks(examples, answers, inputs.metrics, model.task_map)
+        results["untrained_tasks"] = sorted(set(results["tasks"]) - set(task_counts(inputs.train_raw)))
+        if results["untrained_tasks"]:
+            print0(f"warning: scored tasks without training data: {results['untrained_tasks']}", file=sys.stderr)
         if rank == 0:
             write_results(out, results, examples, answers)
             print0(f"\nper-task scores (greedy, held-out examples; {out / 'eval.md'}):\n{markdown_table(results)}")

@@ -53,3 +53,42 @@ def test_resume_latest_with_nothing_to_resume_says_so(tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resume=latest: no complete checkpoint in" in result.stdout and "starting at step 0" in result.stdout
+
+
+def test_a_step_larger_than_every_cluster_is_refused_before_loading(tmp_path):
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", "train.micro_batch_size=5000"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "train.micro_batch_size=5000 x 1 ranks needs 5000 examples of one cluster per step" in result.stderr
+    assert "'words': 900" in result.stderr and "Loading weights" not in result.stderr
+
+
+def test_silent_data_loss_is_said(tmp_path):
+    # add: some empty targets; uppercase: targets too long for max_length (all dropped); length: no training data
+    rows = [json.loads(line) for line in (ROOT / "recipes/data/demo/train.jsonl").read_text().splitlines()]
+    train = []
+    for i, row in enumerate(rows):
+        if row["task"] == "length":
+            continue
+        if row["task"] == "add" and i % 10 == 0:
+            row["target"] = ""
+        if row["task"] == "uppercase":
+            row["target"] = "X" * 200
+        train.append(json.dumps(row))
+    (tmp_path / "train.jsonl").write_text("\n".join(train) + "\n")
+    empty = sum(1 for line in train if json.loads(line)["target"] == "")
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
+    command += ["train.max_steps=1", "eval.max_examples_per_task=1", "model.quantization=none"]
+    command += ["deepspeed.config=ds_configs/zero2.json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"warning: {empty} training examples of task 'add' have an empty target" in result.stderr
+    assert "drops every example of tasks ['uppercase']" in result.stderr
+    assert "scored tasks without training data: ['length']" in result.stderr
+    scores = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert scores["untrained_tasks"] == ["length"] and "length" in scores["tasks"]
+    assert "Scored without any training data" in (tmp_path / "out" / "eval.md").read_text()
