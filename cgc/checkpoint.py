@@ -3,8 +3,9 @@
 
 Layout: `<output_dir>/checkpoints/step_{N}/` holds one DeepSpeed tag (trainable state only), one
 `cgc_rank{r}.pt` per rank (sampler state and RNG states) and, written last by rank 0 after a barrier that every
-rank reaches only once its own files are on disk, `cgc_complete.json`. A directory without that marker is a
-save that crashed half-way: resume skips it with a warning and never loads it.
+rank reaches only once its own files are flushed to disk, `cgc_complete.json`. Saves are written under a hidden
+`.step_{N}.tmp` and renamed into place only then (`save`), so a `step_N` directory is whole; one without the
+marker (from older versions, or copied half-way) is skipped by resume with a warning and never loaded.
 """
 
 from __future__ import annotations
@@ -103,16 +104,76 @@ def resolve_resume(resume: str, checkpoints: Path) -> Path | None:
     return path
 
 
-def save(engine, sampler, checkpoints: Path, step: int, world_size: int) -> Path:
-    """Every rank writes its DeepSpeed shard and its own state; rank 0 then marks the directory complete."""
-    tag = f"step_{step}"
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
-    write_rank_state(checkpoints / tag, rank(), sampler.state_dict())
-    barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
-    if rank() == 0:
-        mark_complete(checkpoints / tag, step, world_size)
+def save(
+    engine,
+    sampler,
+    checkpoints: Path,
+    step: int,
+    world_size: int,
+    keep_last: int | None = None,
+    keep: Path | None = None,
+) -> Path:
+    """A checkpoint that is whole or absent: every rank writes its DeepSpeed shard and its own state into a hidden
+    `.step_N.tmp` directory and flushes them to disk; once all have, rank 0 marks it complete and renames it to
+    `step_N` (a re-save of an existing `step_N` replaces it only then, so no `step_N` ever holds a mix of two
+    saves). DeepSpeed's own `latest` pointer is written after the rename, so it only ever names a whole
+    checkpoint. `keep_last`: keep the newest N complete checkpoints, never `keep` (the one this run resumed from).
+    """
+    tag, partial = f"step_{step}", checkpoints / f".step_{step}.tmp"
+    if rank() == 0 and partial.exists():  # the leftover of a save that was killed
+        shutil.rmtree(partial)
     barrier()
-    return checkpoints / tag
+    engine.save_checkpoint(
+        str(checkpoints),
+        tag=partial.name,
+        client_state={"step": step},
+        save_latest=False,
+        exclude_frozen_parameters=True,
+    )
+    write_rank_state(partial, rank(), sampler.state_dict())
+    _flush(partial)
+    barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
+    final = checkpoints / tag
+    if rank() == 0:
+        mark_complete(partial, step, world_size)
+        replaced = checkpoints / f".{tag}.replaced"
+        if final.exists():
+            os.replace(final, replaced)
+        os.replace(partial, final)  # atomic: step_N is absent or whole
+        _write_atomically(checkpoints / "latest", tag)  # DeepSpeed's pointer, for its own tools
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        if keep_last:
+            _prune(checkpoints, keep_last, keep)
+    barrier()
+    return final
+
+
+def _flush(directory: Path) -> None:
+    """fsync every file of `directory`, then the directory itself (its entries)."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prune(checkpoints: Path, keep_last: int, keep: Path | None) -> None:
+    steps = completed_steps(checkpoints)
+    for old in steps[:-keep_last]:
+        path = checkpoints / f"step_{old}"
+        if keep is None or path.resolve() != keep.resolve():
+            shutil.rmtree(path)
 
 
 def prepare_resume(resume: str, checkpoints: Path, world_size: int, ds_config: dict) -> Path | None:

@@ -84,6 +84,7 @@ class TrainSection:
         False, "recompute activations in backward: less activation memory for one more forward pass"
     )
     save_every: int = knob(0, "checkpoint every N steps (0: only at the end, on preemption and on stop_after)")
+    keep_last: int | None = knob(None, "keep the newest N complete checkpoints (null: all); never the resumed one")
     log_every: int = knob(1, "write metrics.jsonl / TensorBoard every N steps")
     stop_after: int | None = knob(
         None, "end this invocation after N optimizer steps (checkpointed); the schedule is unchanged"
@@ -319,6 +320,7 @@ def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     need(t.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     need(t.save_every >= 0, f"train.save_every must be >= 0 (0: only at the end), got {t.save_every}")
+    need(t.keep_last is None or t.keep_last >= 1, f"train.keep_last must be >= 1 or null, got {t.keep_last}")
     need(t.stop_after is None or t.stop_after >= 1, f"train.stop_after must be >= 1 or null, got {t.stop_after}")
     need(
         c.eval.max_examples_per_task >= 0,

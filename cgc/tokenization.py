@@ -6,7 +6,9 @@ followed by EOS. Labels are -100 on the prompt and on padding, so the loss is on
 
 Truncation policy, when prompt + target exceed `max_length`: the prompt is cut from the left (its start is
 dropped, the end next to the answer is kept). The target is never cut: an example whose target + EOS alone
-leaves no room for at least `min_prompt_tokens` of prompt is dropped. Both are counted per task.
+leaves no room for at least `min_prompt_tokens` of prompt is dropped. Both are counted per task. Text longer
+than `max_length * MAX_CHARS_PER_TOKEN` characters is cut (prompt, from the left) or dropped (target) before
+it is tokenised, so a multi-megabyte line costs no more than a long one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch
 from cgc.task_map import TaskMap
 
 IGNORE_INDEX = -100
+# Characters one token covers at most, in practice (BPE vocabularies merge runs of spaces or repeated characters
+# into long tokens, rarely past 16 characters): the bound for cutting text before it is tokenised.
+MAX_CHARS_PER_TOKEN = 32
 
 
 def prompt_token_ids(tokenizer, text: str, separator: str = "\n", system_prompt: str | None = None) -> list[int]:
@@ -41,13 +46,21 @@ def encode_example(
     min_prompt_tokens: int = 1,
 ) -> dict:
     """-> input_ids, labels, truncated (prompt was cut), dropped (target does not fit)."""
+    # Text beyond max_length tokens' worth of characters cannot end up in the example: cut it before tokenising,
+    # so memory and time stay bounded however long a line is (the kept end is the same as before).
+    bound = max_length * MAX_CHARS_PER_TOKEN
+    if len(target) > bound:
+        return {"input_ids": [], "labels": [], "truncated": False, "dropped": True}
+    cut = len(text) > bound
+    if cut:
+        text = text[-bound:]
     prompt = prompt_token_ids(tokenizer, text, separator, system_prompt)
     answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(answer)
     if room < min_prompt_tokens:
         return {"input_ids": [], "labels": [], "truncated": False, "dropped": True}
-    truncated = len(prompt) > room
-    if truncated:
+    truncated = cut or len(prompt) > room
+    if len(prompt) > room:
         prompt = prompt[len(prompt) - room :]
     return {
         "input_ids": prompt + answer,

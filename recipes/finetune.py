@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         print0(f"resume=latest: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
     start_step = resume(engine, sampler, resume_dir)
-    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, start_step, inputs.zero3, world, rank)
+    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, start_step, resume_dir, inputs.zero3, world)
     finish(cfg, inputs, engine, tokenizer, result, world, rank)
     barrier()
     del keep_alive
@@ -300,10 +300,14 @@ class TrainResult:
     seconds: float  # time in training steps only (no load, eval or saves)
 
 
-def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, zero3: bool, world: int, rank: int):
+def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, resumed_from, zero3: bool, world: int):
     """Optimizer steps until max_steps (or stop_after, or a signal), checkpointing as configured. -> TrainResult"""
     model: cgc.CGCModel = engine.module
-    out = Path(cfg.output_dir)
+    out, rank = Path(cfg.output_dir), distributed.rank()
+
+    def save(step: int) -> Path:
+        return ckpt.save(engine, sampler, out / "checkpoints", step, world, cfg.train.keep_last, keep=resumed_from)
+
     log = RunLog(out, cfg.cgc.num_shared_experts, rank, resume_from=step)
     preempted = Preemption()
     progress = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
@@ -365,14 +369,14 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, zero3: 
         progress.update()
         stopping = any_rank(preempted.requested)
         if stopping or step == stop_at or (cfg.train.save_every and step % cfg.train.save_every == 0):
-            saved = ckpt.save(engine, sampler, out / "checkpoints", step, world)
+            saved = save(step)
             last_saved = step
         if stopping:
             print0(f"\nstopped by {preempted.signal_name} at step {step}; checkpoint: {saved}")
             break
     progress.close()
     if last_saved != step:
-        ckpt.save(engine, sampler, out / "checkpoints", step, world)
+        save(step)
     log.close()
     return TrainResult(step, step >= cfg.train.max_steps, final_loss, tokens, seconds)
 

@@ -96,3 +96,19 @@ def test_system_prompt_goes_before_the_user_turn():
         tokenizer = char_tokenizer(chat_template=chat_template)
         encoded = encode_example(tokenizer, "hi", "ok", max_length=64, system_prompt="Be brief.")
         assert tokenizer.decode(encoded["input_ids"]) == expected + "ok" + tokenizer.eos_token
+
+
+def test_a_huge_line_is_cut_before_it_is_tokenised(monkeypatch):
+    tokenizer = char_tokenizer(chat_template=False)  # one token per character
+    seen = []
+    original = tokenization.prompt_token_ids
+    monkeypatch.setattr(
+        tokenization, "prompt_token_ids", lambda tok, text, *a: seen.append(len(text)) or original(tok, text, *a)
+    )
+    huge = "abcdefghij" * 500_000  # 5 MB
+    encoded = encode_example(tokenizer, huge, "XY", max_length=64)
+    assert seen == [64 * tokenization.MAX_CHARS_PER_TOKEN]  # never the 5 MB
+    assert encoded["truncated"] and not encoded["dropped"]
+    assert encoded == encode_example(tokenizer, huge[-200:], "XY", max_length=64)  # the same kept end
+    dropped = encode_example(tokenizer, "abc", "Z" * 5_000_000, max_length=64)
+    assert dropped["dropped"] and len(seen) == 2  # a target that long is dropped without tokenising it
