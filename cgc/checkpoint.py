@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cgc.distributed import barrier, rank
+from cgc.run_identity import IDENTITY_FILE
 
 COMPLETE_MARKER = "cgc_complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -112,12 +113,14 @@ def save(
     world_size: int,
     keep_last: int | None = None,
     keep: Path | None = None,
+    identity: dict | None = None,
 ) -> Path:
     """A checkpoint that is whole or absent: every rank writes its DeepSpeed shard and its own state into a hidden
     `.step_N.tmp` directory and flushes them to disk; once all have, rank 0 marks it complete and renames it to
     `step_N` (a re-save of an existing `step_N` replaces it only then, so no `step_N` ever holds a mix of two
     saves). DeepSpeed's own `latest` pointer is written after the rename, so it only ever names a whole
     checkpoint. `keep_last`: keep the newest N complete checkpoints, never `keep` (the one this run resumed from).
+    `identity`: the run's fingerprint (cgc.run_identity), stored with the checkpoint for resume checks.
     """
     tag, partial = f"step_{step}", checkpoints / f".step_{step}.tmp"
     if rank() == 0 and partial.exists():  # the leftover of a save that was killed
@@ -135,6 +138,8 @@ def save(
     barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
     final = checkpoints / tag
     if rank() == 0:
+        if identity is not None:
+            (partial / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
         mark_complete(partial, step, world_size)
         replaced = checkpoints / f".{tag}.replaced"
         if final.exists():
@@ -244,6 +249,8 @@ def to_universal(tag_dir: Path) -> Path:
     )
     # Rank 0's state carries the epoch; sampler positions of another world size do not carry over.
     shutil.copy(rank_state_path(tag_dir, 0), out / "cgc_rank0.pt")
+    if (tag_dir / IDENTITY_FILE).is_file():
+        shutil.copy(tag_dir / IDENTITY_FILE, out / IDENTITY_FILE)
     info = json.loads((tag_dir / COMPLETE_MARKER).read_text())
     (out / COMPLETE_MARKER).write_text(json.dumps({**info, "universal": True}))
     return out

@@ -120,6 +120,7 @@ class RecipeConfig:
     eval: EvalSection = knob(help="the eval phase after training", factory=EvalSection)
     deepspeed: DeepSpeedSection = knob(help="the DeepSpeed JSON", factory=DeepSpeedSection)
     resume: str = knob("none", "`none`, `latest` (the newest complete checkpoint) or a `checkpoints/step_N` dir")
+    overwrite: bool = knob(False, "with resume=none, move an output_dir holding another run aside instead of refusing")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

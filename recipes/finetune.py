@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import cgc
 from cgc import checkpoint as ckpt
-from cgc import deepspeed_ops, distributed
+from cgc import deepspeed_ops, distributed, run_identity
 from cgc.data import DataError, check_tasks, load_examples, task_counts
 from cgc.distributed import (
     any_rank,
@@ -60,18 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     inputs = load_inputs(argv)
     cfg, out = inputs.cfg, Path(inputs.cfg.output_dir)
     rank, world = start_process_group(inputs.ds_config)
+    identity = claim_output_dir(cfg, out, rank)
+    resume_dir = choose_checkpoint(cfg, out, world, inputs.ds_config, identity)
     write_resolved_config(cfg, out, rank)
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
-    try:
-        resume_dir = ckpt.prepare_resume(cfg.resume, out / "checkpoints", world, inputs.ds_config)
-    except ValueError as err:
-        error_exit(str(err))
-    if resume_dir is None and cfg.resume == "latest":
-        print0(f"resume=latest: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
-    start_step = resume(engine, sampler, resume_dir)
-    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, start_step, resume_dir, inputs.zero3, world)
+    resumed = Resumed(resume(engine, sampler, resume_dir), resume_dir, identity)
+    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, inputs.zero3, world)
     finish(cfg, inputs, engine, tokenizer, result, world, rank)
     barrier()
     del keep_alive
@@ -182,6 +178,37 @@ def start_process_group(ds_config: dict) -> tuple[int, int]:
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
     return distributed.start_process_group(lambda backend: deepspeed.init_distributed(dist_backend=backend))
+
+
+def claim_output_dir(cfg: RecipeConfig, out: Path, rank: int) -> dict:
+    """output_dir belongs to this run: one holding another run is refused with resume=none (or moved aside with
+    overwrite=true, by rank 0); this run's identity is written to output_dir/cgc_run.json. -> the identity."""
+    if cfg.resume == "none" and run_identity.holds_a_run(out):
+        if not cfg.overwrite:
+            error_exit(run_identity.refusal_to_overwrite(out))
+        if rank == 0:
+            print0(f"overwrite=true: moved the previous run aside to {run_identity.move_aside(out)}")
+        barrier()
+    identity = run_identity.fingerprint(cfg)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / run_identity.IDENTITY_FILE).write_text(json.dumps(identity, indent=1) + "\n")
+    return identity
+
+
+def choose_checkpoint(cfg: RecipeConfig, out: Path, world: int, ds_config: dict, identity: dict) -> Path | None:
+    """The checkpoint to resume from, checked before any model loads: complete, saved by this many ranks (or
+    universal), and of the same shapes and task placement (safe changes are printed). None: start fresh."""
+    try:
+        resume_dir = ckpt.prepare_resume(cfg.resume, out / "checkpoints", world, ds_config)
+        if resume_dir is not None:
+            for change in run_identity.check_resume(resume_dir, identity):
+                print0(f"resuming with a changed setting (allowed): {change}")
+    except ValueError as err:
+        error_exit(str(err))
+    if resume_dir is None and cfg.resume == "latest":
+        print0(f"resume=latest: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
+    return resume_dir
 
 
 def write_resolved_config(cfg: RecipeConfig, out: Path, rank: int) -> None:
@@ -300,13 +327,29 @@ class TrainResult:
     seconds: float  # time in training steps only (no load, eval or saves)
 
 
-def train(cfg, engine, scheduler, lr_groups, loader, sampler, step: int, resumed_from, zero3: bool, world: int):
+@dataclass
+class Resumed:
+    step: int  # the step training starts from (0 for a fresh run)
+    checkpoint: Path | None  # the checkpoint it resumed from, which keep_last never deletes
+    identity: dict  # this run's fingerprint, stored with every checkpoint it saves
+
+
+def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, zero3: bool, world: int):
     """Optimizer steps until max_steps (or stop_after, or a signal), checkpointing as configured. -> TrainResult"""
     model: cgc.CGCModel = engine.module
-    out, rank = Path(cfg.output_dir), distributed.rank()
+    out, rank, step = Path(cfg.output_dir), distributed.rank(), resumed.step
 
     def save(step: int) -> Path:
-        return ckpt.save(engine, sampler, out / "checkpoints", step, world, cfg.train.keep_last, keep=resumed_from)
+        return ckpt.save(
+            engine,
+            sampler,
+            out / "checkpoints",
+            step,
+            world,
+            cfg.train.keep_last,
+            keep=resumed.checkpoint,
+            identity=resumed.identity,
+        )
 
     log = RunLog(out, cfg.cgc.num_shared_experts, rank, resume_from=step)
     preempted = Preemption()
