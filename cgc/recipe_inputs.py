@@ -1,0 +1,123 @@
+"""Recipe inputs checked before any process group or model exists: the DeepSpeed JSON (valid, no likely key
+typo, a `zero_optimization` section DeepSpeed accepts, batch sizes filled from the YAML), a step that some cluster
+can fill, a writable output_dir, and warnings for data that would train silently wrong. Each problem is a
+`ConfigError` (exit 2 with one message in the recipes)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+
+from cgc.distributed import print0
+from cgc.recipe_config import ConfigError, RecipeConfig
+
+
+def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
+    """The static JSON of `deepspeed.config` with the batch fields filled from the YAML, and checked."""
+    ds = read_deepspeed_json(Path(cfg.deepspeed.config))
+    micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
+    wanted = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * accum * world,
+    }
+    clash = [f"{k}={ds[k]} (the YAML gives {v})" for k, v in wanted.items() if ds.get(k, "auto") not in ("auto", v)]
+    if clash:
+        raise ConfigError(
+            f"{cfg.deepspeed.config} sets batch sizes that disagree with train_batch = micro x accumulation x world "
+            f"= {micro} x {accum} x {world}: {', '.join(clash)}; remove them from the JSON, the recipe fills them"
+        )
+    ds.update(wanted)
+    ds.setdefault("zero_optimization", {"stage": 0})
+    ds.setdefault("gradient_clipping", cfg.train.max_grad_norm)
+    ds.setdefault("steps_per_print", 10**9)  # the recipe logs; DeepSpeed's own step prints would duplicate it
+    if cfg.model.dtype == "bfloat16":
+        ds.setdefault("bf16", {"enabled": True})
+    elif cfg.model.dtype == "float16":
+        ds.setdefault("fp16", {"enabled": True})
+    return ds
+
+
+# DeepSpeed's top-level keys (its config documentation). An unknown key close to one of these is a typo that
+# DeepSpeed itself would ignore silently (e.g. `zero_optimisation`: the run would train without ZeRO).
+DEEPSPEED_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
+    "fp16", "bf16", "amp", "gradient_clipping", "zero_optimization", "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer", "activation_checkpointing", "wall_clock_breakdown", "steps_per_print",
+    "tensorboard", "wandb", "csv_monitor", "flops_profiler", "comms_logger", "checkpoint", "data_types",
+    "communication_data_type", "prescale_gradients", "gradient_predivide_factor", "sparse_gradients",
+    "memory_breakdown", "dump_state", "aio", "autotuning", "compression_training", "data_efficiency",
+    "elasticity", "pipeline", "dataloader_drop_last", "torch_autocast",
+)  # fmt: skip
+
+
+def read_deepspeed_json(path: Path) -> dict:
+    """The DeepSpeed JSON, checked: valid JSON (file:line), no likely typo of a top-level key, and a
+    `zero_optimization` section DeepSpeed's own model accepts (it forbids unknown keys)."""
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    problems = []
+    for key in ds:
+        close = difflib.get_close_matches(key, DEEPSPEED_KEYS, n=1, cutoff=0.8)
+        if key not in DEEPSPEED_KEYS and close:
+            problems.append(f"unknown key {key!r} (did you mean {close[0]!r}? DeepSpeed would ignore it silently)")
+    if isinstance(ds.get("zero_optimization"), dict):
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+        from pydantic import ValidationError
+
+        try:
+            DeepSpeedZeroConfig(**ds["zero_optimization"])
+        except ValidationError as err:
+            for e in err.errors():
+                where = ".".join(str(p) for p in e["loc"])
+                problems.append(f"zero_optimization.{where}: {e['msg']}")
+    if problems:
+        raise ConfigError(f"{path}:\n  - " + "\n  - ".join(problems))
+    return ds
+
+
+def check_step_fits_a_cluster(cfg: RecipeConfig, counts: dict[str, int], world: int) -> None:
+    """Every micro-step takes micro_batch_size examples of one cluster on every rank (all accumulation steps with
+    cluster_per=optimizer_step): at least one cluster must hold that many examples."""
+    unit_steps = cfg.train.grad_accum if cfg.sampler.cluster_per == "optimizer_step" else 1
+    unit = cfg.train.micro_batch_size * world * unit_steps
+    task_map = cfg.cgc.task_map
+    sizes = {c: sum(counts.get(t, 0) for t in task_map.tasks_of(c)) for c in task_map.clusters}
+    if max(sizes.values()) < unit:
+        accum = f" x {unit_steps} accumulation steps" if unit_steps > 1 else ""
+        raise ConfigError(
+            f"train.micro_batch_size={cfg.train.micro_batch_size} x {world} ranks{accum} needs {unit} examples of one "
+            f"cluster per step, more than any cluster has (training examples per cluster: {sizes}); lower "
+            "train.micro_batch_size"
+        )
+
+
+def warn_empty_targets(train_raw) -> None:
+    """An empty target trains the model to answer with EOS alone: say so, per task."""
+    empty: dict[str, int] = {}
+    for task, target in zip(train_raw["task"], train_raw["target"], strict=True):
+        if not target.strip():
+            empty[task] = empty.get(task, 0) + 1
+    for task, n in sorted(empty.items()):
+        print0(
+            f"warning: {n} training examples of task {task!r} have an empty target (they teach it to answer nothing)",
+            file=sys.stderr,
+        )
+
+
+def check_writable(out: Path) -> None:
+    """output_dir can be created and written (by this rank: a probe file of its own), before anything loads."""
+    probe = out / f".write_check_{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} is not writable: {err.strerror or err}") from None
