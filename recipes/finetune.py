@@ -395,9 +395,10 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
             model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
         )
         results = score_tasks(examples, answers, inputs.metrics, model.task_map)
-        results["untrained_tasks"] = sorted(set(results["tasks"]) - set(task_counts(inputs.train_raw)))
-        if results["untrained_tasks"]:
-            print0(f"warning: scored tasks without training data: {results['untrained_tasks']}", file=sys.stderr)
+        untrained = sorted(set(results["tasks"]) - set(task_counts(inputs.train_raw)))
+        if untrained:  # only then: eval.json stays what recipes/evaluate.py writes for the same adapter
+            results["untrained_tasks"] = untrained
+            print0(f"warning: scored tasks without training data: {untrained}", file=sys.stderr)
         if rank == 0:
             write_results(out, results, examples, answers)
             print0(f"\nper-task scores (greedy, held-out examples; {out / 'eval.md'}):\n{markdown_table(results)}")
