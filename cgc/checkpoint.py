@@ -210,14 +210,40 @@ def load(engine, sampler, tag_dir: Path) -> tuple[int, str]:
     )
     step = client_state["step"]
     if is_universal(tag_dir):
-        # Sampler positions of another world size do not map onto this run's batches: start the next epoch.
-        epoch = read_rank_state(tag_dir, 0)["sampler"]["epoch"]
-        sampler.set_epoch(epoch + 1)
-        return step, f"resumed from universal checkpoint {tag_dir} at step {step}; data restarts at epoch {epoch + 1}"
+        restore_group_hyperparameters(engine, tag_dir)
+        saved = read_rank_state(tag_dir, 0)["sampler"]
+        try:  # the same global micro-batches (e.g. 2 ranks x 4 -> 1 rank x 8): the data continues exactly
+            sampler.load_state_dict(saved)
+            where = f"data continues at epoch {saved['epoch']}, micro-step {saved['position']}"
+        except ValueError:  # positions of other global micro-batches do not map onto this run's: next epoch
+            sampler.set_epoch(saved["epoch"] + 1)
+            where = (
+                f"data restarts at epoch {saved['epoch'] + 1} (keep ranks x micro_batch_size at "
+                f"{saved.get('layout', {}).get('examples_per_micro_step', '?')} to continue the epoch exactly)"
+            )
+        # RNG states are not restored: the ranks' dropout streams do not map onto another number of ranks.
+        return step, f"resumed from universal checkpoint {tag_dir} at step {step}; {where}"
     state = read_rank_state(tag_dir, rank())
     sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     return step, f"resumed from {tag_dir} at step {step}"
+
+
+def restore_group_hyperparameters(engine, tag_dir: Path) -> None:
+    """Give each optimizer parameter group its own saved hyperparameters (lr, initial_lr, betas, ...) back.
+
+    DeepSpeed 0.19's ZeRO-3 universal loader copies the *first* saved group's values into every group
+    (stage3.py, load_hp_checkpoint_state_from_checkpoint_dir_stage3): the gates' group would take the experts'
+    learning rate for the first step after the resume. The saved groups are in the optimizer's group order."""
+    path = tag_dir / "zero" / "optimizer_state.pt"
+    if not path.is_file():
+        return
+    saved = torch.load(path, weights_only=False)["optimizer_state_dict"]["param_groups"]
+    groups = getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups  # the wrapped torch optimizer
+    if len(saved) != len(groups):
+        raise ValueError(f"{tag_dir} holds {len(saved)} optimizer parameter groups, this run has {len(groups)}")
+    for group, values in zip(groups, saved, strict=True):
+        group.update({key: value for key, value in values.items() if key != "params"})
 
 
 def saved_world_size(tag_dir: Path) -> int:

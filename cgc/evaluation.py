@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,15 +40,21 @@ def generate_answers(
     max_new_tokens: int,
     system_prompt: str | None = None,
     zero3: bool = False,
-) -> list[str]:
+    should_stop: Callable[[], bool] | None = None,
+) -> list[str] | None:
     """One greedy answer per example, in order. With a process group each rank answers a slice and the answers
-    are gathered; under ZeRO-3 every rank runs the same number of (synced) generate calls."""
+    are gathered; under ZeRO-3 every rank runs the same number of (synced) generate calls.
+
+    `should_stop` is asked before each batch (on every rank: it must give every rank the same answer); when it
+    says True, generation stops there and None is returned."""
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
     model.eval()
     mine = list(range(rank, len(examples), world))
     batches = math.ceil(math.ceil(len(examples) / world) / batch_size)
     answered: list[tuple[int, str]] = []
     for b in tqdm(range(batches), desc="eval", unit="batch", disable=rank != 0):
+        if should_stop is not None and should_stop():
+            return None
         index = mine[b * batch_size : (b + 1) * batch_size]
         chunk = [examples[i] for i in index] or examples[:1]  # a rank with nothing left repeats one, unused
         answers = greedy_answers(model, tokenizer, chunk, max_new_tokens, system_prompt, synced_gpus=zero3)

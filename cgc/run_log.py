@@ -4,6 +4,7 @@ collective) and `RunLog` (metrics.jsonl and TensorBoard, written by rank 0)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,38 +15,34 @@ from cgc.task_map import TaskMap
 
 
 class StepStats:
-    """One optimizer step's loss and token sums on this rank: in all, per task (by id) and per cluster.
+    """One optimizer step's sums on this rank, by task (id) and cluster: summed per-token loss and target tokens.
 
-    `add` takes each micro-batch; `reduce` sums every rank's numbers in one all-reduce. Task and cluster sums are
-    arrays indexed like `task_map.tasks` / `task_map.clusters`, so no key is ever spelled as a string.
+    `add` takes each micro-batch; `reduce` sums every rank's numbers in one all-reduce. Every loss it reports is a
+    mean over target tokens, so it does not depend on how the step's examples were split over ranks and
+    micro-batches. Task and cluster sums are arrays indexed like `task_map.tasks` / `task_map.clusters`, so no
+    key is ever spelled as a string.
     """
 
     def __init__(self, task_map: TaskMap):
         self.task_map = task_map
-        self.loss = 0.0  # mean over micro-batches of the micro-batch loss
-        self.tokens = 0.0  # real (unpadded) tokens seen
+        self.tokens = 0.0  # real (unpadded) tokens seen, prompts included
+        self.padded_tokens = 0.0  # every position the model ran on (batch x width), padding included
         self.task_loss = np.zeros(len(task_map.tasks))  # summed per-token loss of each task's target tokens
         self.task_tokens = np.zeros(len(task_map.tasks))
-        self.cluster_loss = np.zeros(len(task_map.clusters))  # summed micro-batch losses of each cluster
-        self.cluster_batches = np.zeros(len(task_map.clusters))
         self.clusters: list[str] = []  # this step's micro-batch clusters, in order (the same on every rank)
 
     def add(
         self,
         cluster: str,
-        loss: float,
-        grad_accum: int,
         tokens: float,
+        padded_tokens: float,
         task_ids: torch.Tensor,
         per_sample_loss: torch.Tensor,
         per_sample_tokens: torch.Tensor,
     ) -> None:
-        ci = self.task_map.clusters.index(cluster)
         self.clusters.append(cluster)
-        self.loss += loss / grad_accum
         self.tokens += tokens
-        self.cluster_loss[ci] += loss
-        self.cluster_batches[ci] += 1
+        self.padded_tokens += padded_tokens
         ids = task_ids.cpu().numpy()
         np.add.at(self.task_loss, ids, per_sample_loss.float().cpu().numpy())
         np.add.at(self.task_tokens, ids, per_sample_tokens.float().cpu().numpy())
@@ -54,17 +51,26 @@ class StepStats:
         return [t for t, n in zip(self.task_map.tasks, self.task_tokens, strict=True) if n]
 
     def reduce(self) -> StepStats:
-        """The sums over all ranks (one collective); `loss` becomes the sum of the ranks' losses."""
-        n_t, n_c = len(self.task_map.tasks), len(self.task_map.clusters)
-        parts = ([self.loss, self.tokens], self.task_loss, self.task_tokens, self.cluster_loss, self.cluster_batches)
+        """The sums over all ranks (one collective)."""
+        n_t = len(self.task_map.tasks)
+        parts = ([self.tokens, self.padded_tokens], self.task_loss, self.task_tokens)
         flat = np.array(all_reduce_sum(np.concatenate([np.asarray(p, dtype=np.float64) for p in parts]).tolist()))
         total = StepStats(self.task_map)
         total.clusters = list(self.clusters)
-        head, total.task_loss, total.task_tokens, total.cluster_loss, total.cluster_batches = np.split(
-            flat, np.cumsum([2, n_t, n_t, n_c])
-        )
-        total.loss, total.tokens = float(head[0]), float(head[1])
+        head, total.task_loss, total.task_tokens = np.split(flat, np.cumsum([2, n_t]))
+        total.tokens, total.padded_tokens = float(head[0]), float(head[1])
         return total
+
+    @property
+    def loss(self) -> float:
+        """Mean loss per target token of the step (NaN when it had no target tokens)."""
+        n = self.task_tokens.sum()
+        return float(self.task_loss.sum() / n) if n else float("nan")
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the positions the model ran on that were padding."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
     def task_losses(self) -> dict[str, float]:
         """Mean loss per target token of each task that had examples in the step."""
@@ -73,11 +79,43 @@ class StepStats:
         }
 
     def cluster_losses(self) -> dict[str, float]:
-        return {
-            c: float(s / n)
-            for c, s, n in zip(self.task_map.clusters, self.cluster_loss, self.cluster_batches, strict=True)
-            if n
-        }
+        """Mean loss per target token of each cluster that had examples in the step."""
+        losses = {}
+        for c in self.task_map.clusters:
+            ids = [self.task_map.id_of(t) for t in self.task_map.tasks_of(c)]
+            n = self.task_tokens[ids].sum()
+            if n:
+                losses[c] = float(self.task_loss[ids].sum() / n)
+        return losses
+
+
+class PhaseTimes:
+    """Wall seconds of the training loop's phases on this rank, summed over the run: where a step's time goes.
+    On a GPU these are host times (kernels run asynchronously): compare them on CPU ranks, or with a profiler."""
+
+    PHASES = ("data", "forward", "backward", "optimizer", "stats", "log", "checkpoint")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self._step_start = self._last = time.perf_counter()
+
+    def start(self) -> None:
+        """A new optimizer step begins."""
+        self._step_start = self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        """The time since the last mark was spent in `phase`."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._last
+        self._last = now
+
+    def step_seconds(self) -> float:
+        """Seconds since this step started."""
+        return max(time.perf_counter() - self._step_start, 1e-9)
+
+    def training_seconds(self) -> float:
+        """Every phase but checkpoint saves: what tokens/s is measured over."""
+        return sum(v for k, v in self.seconds.items() if k != "checkpoint")
 
 
 class RunLog:
@@ -87,6 +125,7 @@ class RunLog:
         self.rank, self.num_shared = rank, num_shared
         self.path = out / "metrics.jsonl"
         self.writer = None
+        self.last_loss = float("nan")  # the loss of the last step kept (rank 0), for a resume that trains nothing
         if rank != 0:
             return
         if self.path.exists():  # a resumed run continues the file; steps after the checkpoint are re-run
@@ -94,6 +133,8 @@ class RunLog:
                 line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_from
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
+            if kept:
+                self.last_loss = json.loads(kept[-1])["loss"]
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from + 1 if resume_from else None)

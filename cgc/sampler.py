@@ -16,7 +16,8 @@ warning). Each epoch reshuffles, so examples that one
 epoch did not reach are drawn in later ones; `epoch_usage()` reports what each epoch used per task.
 
 State (`state_dict`): seed, epoch and the number of micro-steps already yielded in the epoch; restoring
-recomputes the epoch's schedule and continues exactly where it stopped.
+recomputes the epoch's schedule and continues exactly where it stopped, also on another number of ranks when
+the global micro-batch (ranks x micro_batch_size) is the same.
 """
 
 from __future__ import annotations
@@ -215,15 +216,37 @@ class ClusterAwareBatchSampler:
 
     # ---- checkpointing -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "world_size": self.world_size}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "world_size": self.world_size,
+            "layout": self._layout(),
+        }
+
+    def _layout(self) -> dict:
+        """What the epoch's schedule depends on besides (seed, epoch): equal layouts give equal schedules, whatever
+        the number of ranks the global micro-batches are split over."""
+        return {
+            "examples_per_micro_step": self.world_size * self.micro_batch_size,
+            "unit_steps": self.unit_steps,
+            "drop_last": self.drop_last,
+            "mixing": self.mixing,
+            "temperature": self.temperature,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Continue where `state` stopped. A state of another world size is accepted when its global micro-batches
+        are the same (e.g. 2 ranks x 4 examples -> 1 rank x 8): the schedule is then identical, only split
+        differently. Raises ValueError otherwise."""
         if state["seed"] != self.seed:
             raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
-        if state.get("world_size", self.world_size) != self.world_size:
+        same_world = state.get("world_size", self.world_size) == self.world_size
+        if not same_world and state.get("layout") != self._layout():
             raise ValueError(
-                f"sampler state was saved with world_size {state['world_size']}, this run has {self.world_size}: "
-                "positions of a different world size do not map onto these batches"
+                f"sampler state was saved with world_size {state['world_size']} and schedule layout "
+                f"{state.get('layout')}, this run has {self.world_size} and {self._layout()}: positions of other "
+                "global micro-batches do not map onto these batches"
             )
         self.set_epoch(int(state["epoch"]))
         self.position = int(state["position"])

@@ -21,7 +21,6 @@ import os
 import resource
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from cgc import checkpoint as ckpt
 from cgc import deepspeed_ops, distributed, run_identity
 from cgc.data import DataError, check_tasks, load_examples, task_counts
 from cgc.distributed import (
+    all_reduce_sum,
     any_rank,
     barrier,
     clear_zero3_gradient_partitions,
@@ -50,7 +50,7 @@ from cgc.evaluation import generate_answers, markdown_table, pick_examples, scor
 from cgc.metrics import MetricSpec, task_metrics
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.recipe_inputs import check_step_fits_a_cluster, check_writable, deepspeed_config, warn_empty_targets
-from cgc.run_log import RunLog, StepStats
+from cgc.run_log import PhaseTimes, RunLog, StepStats
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.support import MachineFacts, unsupported_combinations
 from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
     resumed = Resumed(resume(engine, sampler, resume_dir), resume_dir, identity)
-    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, inputs.zero3, world)
-    finish(cfg, inputs, engine, tokenizer, result, world, rank)
+    preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
+    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
+    finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank)
     barrier()
     del keep_alive
 
@@ -284,7 +285,8 @@ class TrainResult:
     finished: bool  # max_steps reached (not stopped by a signal or stop_after)
     final_loss: float
     tokens: float  # real tokens of this invocation's steps, over all ranks
-    seconds: float  # time in training steps only (no load, eval or saves)
+    padded_tokens: float  # every position the model ran on in those steps, padding included
+    phases: PhaseTimes  # this rank's seconds per phase of the training steps (no load, eval)
 
 
 @dataclass
@@ -294,9 +296,10 @@ class Resumed:
     identity: dict  # this run's fingerprint, stored with every checkpoint it saves
 
 
-def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, zero3: bool, world: int):
+def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, preempted: Preemption, world: int):
     """Optimizer steps until max_steps (or stop_after, or a signal), checkpointing as configured. -> TrainResult"""
     model: cgc.CGCModel = engine.module
+    zero3 = engine.zero_optimization_stage() == 3
     out, rank, step = Path(cfg.output_dir), distributed.rank(), resumed.step
 
     def save(step: int) -> Path:
@@ -312,46 +315,58 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
         )
 
     log = RunLog(out, cfg.cgc.num_shared_experts, rank, resume_from=step)
-    preempted = Preemption()
     progress = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
     micro_batches = endless(loader)
     stop_at = min(cfg.train.max_steps, step + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.max_steps
     engine.train()
-    last_saved, seconds, tokens, final_loss = step, 0.0, 0.0, float("nan")
+    last_saved, tokens, padded, final_loss = step, 0.0, 0.0, log.last_loss
+    phases = PhaseTimes()  # where this rank's time goes, summed over the run
     while step < stop_at:
-        tick = time.time()
+        phases.start()
         stats = StepStats(model.task_map)
+        micro_steps = []  # (batch, its cluster): the whole step's data first, to count its target tokens
         for _ in range(cfg.train.grad_accum):
             batch = {k: v.to(engine.device) for k, v in next(micro_batches).items()}
+            micro_steps.append((batch, sampler.batch_cluster))  # the same cluster on every rank
+        step_targets = all_reduce_sum([sum(float(target_tokens(b["labels"]).sum()) for b, _ in micro_steps)])[0]
+        # DeepSpeed divides each backward by grad_accum and averages gradients over ranks: scaling by
+        # world * grad_accum / step_targets makes the step's gradient that of the mean over all its target tokens,
+        # whatever the split over ranks and micro-batches (a per-batch mean would weight short targets more).
+        scale = world * cfg.train.grad_accum / max(step_targets, 1.0)
+        phases.mark("data")
+        for batch, cluster in micro_steps:
             logits = engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
             ).logits
-            loss, per_sample, per_sample_tokens = token_loss(logits, batch["labels"])
-            engine.backward(loss)
+            loss_sum, per_sample, per_sample_tokens = token_loss(logits, batch["labels"])
+            phases.mark("forward")
+            engine.backward(loss_sum * scale)
+            phases.mark("backward")
             engine.step()
-            seen = float(batch["attention_mask"].sum())
+            phases.mark("optimizer")
             stats.add(
-                cluster=sampler.batch_cluster,  # the same on every rank: the sampler drew it for all of them
-                loss=loss.item(),
-                grad_accum=cfg.train.grad_accum,
-                tokens=seen,
+                cluster=cluster,
+                tokens=float(batch["attention_mask"].sum()),
+                padded_tokens=float(batch["attention_mask"].numel()),
                 task_ids=batch["task_ids"],
                 per_sample_loss=per_sample,
                 per_sample_tokens=per_sample_tokens,
             )
+            phases.mark("stats")
         grad_norm = optional_float(engine.get_global_grad_norm())
         if zero3:
             clear_zero3_gradient_partitions(engine)
+        phases.mark("optimizer")
         step += 1
         total = stats.reduce()
-        final_loss = total.loss / world
+        final_loss = total.loss
         if not math.isfinite(final_loss):
             error_exit(
                 f"loss is {final_loss} at step {step}; this rank's batch held tasks {stats.tasks_seen()}", code=3
             )
-        elapsed = time.time() - tick
-        seconds += elapsed
         tokens += total.tokens
+        padded += total.padded_tokens
+        phases.mark("stats")
         if step % cfg.train.log_every == 0 or step == stop_at:
             lrs = dict(zip(lr_groups, scheduler.get_last_lr(), strict=True))
             record = {
@@ -359,7 +374,8 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
                 "loss": final_loss,
                 "lr": lrs["experts"],
                 "lr_groups": lrs,
-                "tokens_per_s": total.tokens / elapsed,
+                "tokens_per_s": total.tokens / phases.step_seconds(),
+                "padding_fraction": total.padding_fraction,
                 "cluster": total.clusters[0] if len(set(total.clusters)) == 1 else total.clusters,
                 "task_losses": total.task_losses(),
                 "cluster_losses": total.cluster_losses(),
@@ -370,30 +386,59 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
             log.write(record, gates_now)
             progress.set_postfix(loss=f"{final_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         progress.update()
+        phases.mark("log")
         stopping = any_rank(preempted.requested)
+        phases.mark("stats")
         if stopping or step == stop_at or (cfg.train.save_every and step % cfg.train.save_every == 0):
             saved = save(step)
             last_saved = step
+        phases.mark("checkpoint")
         if stopping:
-            print0(f"\nstopped by {preempted.signal_name} at step {step}; checkpoint: {saved}")
+            print0(f"\nstopped by {preempted.name} at step {step}; checkpoint: {saved}")
             break
     progress.close()
     if last_saved != step:
         save(step)
     log.close()
-    return TrainResult(step, step >= cfg.train.max_steps, final_loss, tokens, seconds)
+    return TrainResult(step, step >= cfg.train.max_steps, final_loss, tokens, padded, phases)
 
 
-def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: TrainResult, world: int, rank: int):
-    """A finished run: per-task eval (eval.json/md, predictions) and adapters/. Every run: run_summary.json."""
+def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: TrainResult, preempted, world, rank):
+    """A finished run: per-task eval (eval.json/md, predictions) and adapters/. Every run: run_summary.json.
+
+    A signal during eval stops it at the next batch (eval can be long; its outputs are not written) and the
+    adapters are still exported (seconds); a signal during export lets it finish. The final checkpoint is already
+    saved either way: `resume=latest` trains nothing more and redoes eval and export."""
     model: cgc.CGCModel = engine.module
     out, zero3 = Path(cfg.output_dir), inputs.zero3
+    eval_status = "not run"
     if result.finished and inputs.eval_raw is not None and cfg.eval.max_examples_per_task:
         examples = pick_examples(inputs.eval_raw, cfg.eval.max_examples_per_task, model.tasks)
         e = cfg.eval
+        # generate() bypasses the engine's forward, so ZeRO-3's per-step reset never runs during eval: start it
+        # from every parameter released, the same state on every rank.
+        engine.empty_partition_cache()
         answers = generate_answers(
-            model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt, zero3
+            model,
+            tokenizer,
+            examples,
+            e.batch_size,
+            e.max_new_tokens,
+            cfg.data.system_prompt,
+            zero3,
+            should_stop=lambda: any_rank(preempted.requested),  # the same answer on every rank: one collective
         )
+    else:
+        answers = None
+    if answers is None and result.finished and preempted.requested:
+        eval_status = "interrupted"
+        print0(
+            f"\nstopped by {preempted.name} during eval: no eval written; exporting the adapters. The final "
+            f"checkpoint is saved: resume=latest (same output_dir) redoes eval and export without training",
+            file=sys.stderr,
+        )
+    elif answers is not None:
+        eval_status = "done"
         results = score_tasks(examples, answers, inputs.metrics, model.task_map)
         untrained = sorted(set(results["tasks"]) - set(task_counts(inputs.train_raw)))
         if untrained:  # only then: eval.json stays what recipes/evaluate.py writes for the same adapter
@@ -408,6 +453,8 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
                 model.save_adapter(out / "adapters" / "cgc")
                 for task in model.tasks:
                     cgc.export_peft_adapter(model, task, out / "adapters" / "peft" / task)
+        if eval_status != "interrupted" and any_rank(preempted.requested):
+            print0(f"\n{preempted.name} received after training: eval and export finished first", file=sys.stderr)
     base_bytes_total, base_bytes_rank = base_param_bytes(model)
     summary = {
         "world_size": world,
@@ -415,12 +462,15 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
         "quantization": cfg.model.quantization,
         "steps": result.step,
         "finished": result.finished,
+        "eval": eval_status,  # done, interrupted (by a signal; resume=latest redoes it) or not run
         "final_loss": result.final_loss,
         "trainable_params": model.num_trainable_parameters(),
         "base_param_bytes_total": base_bytes_total,
         "base_param_bytes_per_rank": max_over_ranks(base_bytes_rank),
         "peak_rss_mb": max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),  # training steps only (no load, eval, saves)
+        "tokens_per_s": result.tokens / max(result.phases.training_seconds(), 1e-9),  # steps only: no load, saves, eval
+        "padding_fraction": 1.0 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
+        "phase_seconds": result.phases.seconds,  # rank 0's; a step's collectives are inside backward/optimizer
     }
     if rank == 0:
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -449,16 +499,19 @@ def endless(loader):
         yield from loader
 
 
+def target_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> (B,) number of target tokens the loss is taken over (position t predicts token t+1)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
 def token_loss(logits: torch.Tensor, labels: torch.Tensor):
-    """Mean loss over target tokens, plus per-sample sums and token counts (for per-task losses)."""
+    """Summed loss over target tokens, plus per-sample sums and token counts (for per-task losses)."""
     # position t predicts token t+1: (B, T-1, V) against (B, T-1)
     per_token = F.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
     )
-    mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
-    per_sample = (per_token * mask).sum(dim=1).detach()
-    tokens = mask.sum(dim=1)
-    return per_token.sum() / tokens.sum().clamp_min(1), per_sample, tokens
+    per_sample = per_token.sum(dim=1)  # ignored positions contribute 0
+    return per_sample.sum(), per_sample.detach(), target_tokens(labels)
 
 
 def optional_float(value) -> float | None:
@@ -471,7 +524,8 @@ def mean_gate(model: cgc.CGCModel, task: str) -> list[float]:
 
 
 class Preemption:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits 0."""
+    """SIGTERM/SIGINT set a flag, which the ranks compare at safe points (one collective): training checkpoints at
+    the next step boundary and exits 0; eval stops at the next batch; export finishes."""
 
     def __init__(self):
         self.requested, self.signal_name = False, None
@@ -480,6 +534,11 @@ class Preemption:
 
     def _handle(self, signum, frame):
         self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    @property
+    def name(self) -> str:
+        """The signal's name, on a rank that may not have received it itself."""
+        return self.signal_name or "a signal (on another rank)"
 
 
 if __name__ == "__main__":

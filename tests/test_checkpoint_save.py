@@ -2,9 +2,11 @@
 names only whole ones, and keep_last prunes old ones but never the one a run resumed from."""
 
 import json
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from cgc import checkpoint as ckpt
 
@@ -67,3 +69,21 @@ def test_keep_last_prunes_old_checkpoints_but_not_the_resumed_one(tmp_path):
     ckpt.save(Engine(), Sampler(), tmp_path, 5, world_size=1, keep_last=2)
     assert ckpt.completed_steps(tmp_path) == [4, 5]
     assert (tmp_path / "latest").read_text() == "step_5"
+
+
+def test_a_universal_resume_gives_each_parameter_group_its_own_hyperparameters_back(tmp_path):
+    # DeepSpeed's ZeRO-3 universal loader copies the first saved group's values (lr, initial_lr, ...) into every
+    # group; the gates' group must get its own learning rate back.
+    experts, gates = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    groups = [{"params": [experts], "lr": 1e-3, "name": "experts"}, {"params": [gates], "lr": 1e-2, "name": "gates"}]
+    saved = torch.optim.AdamW(groups)
+    (tmp_path / "zero").mkdir()
+    torch.save({"optimizer_state_dict": saved.state_dict()}, tmp_path / "zero" / "optimizer_state.pt")
+    # what DeepSpeed's loader leaves: the first group's values in both
+    loaded = torch.optim.AdamW([{"params": [experts], "lr": 1e-3, "name": "experts"}, {"params": [gates]}])
+    loaded.param_groups[1].update(lr=1e-3, name="experts")
+    engine = types.SimpleNamespace(optimizer=types.SimpleNamespace(optimizer=loaded))
+    ckpt.restore_group_hyperparameters(engine, tmp_path)
+    assert [g["lr"] for g in loaded.param_groups] == [1e-3, 1e-2]
+    assert [g["name"] for g in loaded.param_groups] == ["experts", "gates"]
+    assert loaded.param_groups[1]["params"] == [gates]

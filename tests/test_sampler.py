@@ -118,6 +118,24 @@ def test_state_round_trip_mid_epoch_yields_the_identical_remaining_sequence(setu
         assert list(restored) == epoch1
 
 
+def test_a_state_moves_to_another_world_size_when_the_global_micro_batch_is_the_same():
+    # A universal checkpoint of 2 ranks x 4 examples resumed on 1 rank x 8: the same global batches follow.
+    tasks = ["a"] * 40 + ["b"] * 30 + ["c"] * 30
+    clusters = {"x": ["a", "b"], "y": ["c"]}
+    two = rank_samplers(tasks, clusters, micro_batch_size=4, world_size=2, seed=3)
+    streams = [iter(s) for s in two]
+    for _ in range(3):
+        for stream in streams:
+            next(stream)
+    one = make_sampler(tasks, clusters, 8, world_size=1, seed=3)
+    one.load_state_dict(two[0].state_dict())
+    rest_two = [a + b for a, b in zip(*streams, strict=True)]  # rank 0's half, then rank 1's
+    assert list(one) == rest_two and rest_two
+    other = make_sampler(tasks, clusters, 4, world_size=1, seed=3)
+    with pytest.raises(ValueError, match="saved with world_size 2 and schedule layout"):
+        other.load_state_dict(two[0].state_dict())
+
+
 @pytest.mark.parametrize("mixing", ["proportional", "uniform", "temperature"])
 def test_cluster_and_task_frequencies_follow_the_mixing_law(mixing):
     counts = {"a": 4000, "b": 1000, "c": 250, "d": 1000}
@@ -168,7 +186,7 @@ def test_bad_arguments_are_reported_together():
     sampler = make_sampler(["a"] * 10, {"x": ["a"]}, 1, world_size=2, seed=1)
     with pytest.raises(ValueError, match="saved with seed 2"):
         sampler.load_state_dict({"seed": 2, "epoch": 0, "position": 0})
-    with pytest.raises(ValueError, match="saved with world_size 4"):
+    with pytest.raises(ValueError, match="saved with world_size 4 and schedule layout None"):
         sampler.load_state_dict({"seed": 1, "epoch": 0, "position": 0, "world_size": 4})
 
 
