@@ -165,3 +165,15 @@ def clear_zero3_gradient_partitions(engine) -> None:
     for flat in getattr(optimizer, "fp32_partitioned_groups_flat", None) or []:
         if flat.grad is not None:  # the CPU-offload path keeps gradients here instead
             flat.grad.zero_()
+
+
+def threads_per_rank(configured: int | None, on_gpu: bool) -> int | None:
+    """CPU threads for this rank's torch, or None to leave torch's default. `configured` wins; then the
+    OMP_NUM_THREADS the user set; then, on CPU ranks, the cores this process may run on divided by the ranks on
+    its node (each rank would otherwise start a thread per core, and the ranks' threads fight over the cores)."""
+    if configured is not None:
+        return configured
+    if os.environ.get("OMP_NUM_THREADS") or on_gpu:
+        return None
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)  # torchrun, deepspeed
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)

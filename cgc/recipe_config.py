@@ -67,6 +67,9 @@ class SamplerSection:
     cluster_per: str = knob(
         "micro_step", "draw a cluster per `micro_step` or per `optimizer_step` (all accumulation steps)"
     )
+    group_by_length: bool = knob(
+        True, "batch examples of similar token length together (within a cluster): less padding computed"
+    )
 
 
 @dataclass
@@ -85,7 +88,12 @@ class TrainSection:
     )
     save_every: int = knob(0, "checkpoint every N steps (0: only at the end, on preemption and on stop_after)")
     keep_last: int | None = knob(None, "keep the newest N complete checkpoints (null: all); never the resumed one")
-    log_every: int = knob(1, "write metrics.jsonl / TensorBoard every N steps")
+    log_every: int = knob(10, "write metrics.jsonl / TensorBoard (losses, gates) every N steps; the last step always")
+    threads_per_rank: int | None = knob(
+        None,
+        "CPU threads of each rank's torch/OpenMP; null: OMP_NUM_THREADS when set, else on CPU ranks the cores "
+        "this process may use divided by the ranks on its node (several ranks each using every core slow down)",
+    )
     stop_after: int | None = knob(
         None, "end this invocation after N optimizer steps (checkpointed); the schedule is unchanged"
     )
@@ -314,6 +322,10 @@ def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
     t = c.train
     for key in ("max_steps", "log_every"):
         need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
+    need(
+        t.threads_per_rank is None or t.threads_per_rank >= 1,
+        f"train.threads_per_rank must be >= 1 or null, got {t.threads_per_rank}",
+    )
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     need(t.gate_lr >= 0, f"train.gate_lr must be >= 0, got {t.gate_lr}")
     need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")

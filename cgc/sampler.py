@@ -15,6 +15,13 @@ and no example is used twice in an epoch. A cluster too small to fill even one u
 warning). Each epoch reshuffles, so examples that one
 epoch did not reach are drawn in later ones; `epoch_usage()` reports what each epoch used per task.
 
+Length grouping (`lengths` given): when a cluster is drawn and has no grouped steps waiting, the sampler takes
+up to POOL_UNITS units' worth of its examples at once (by the same task law), sorts them by length, cuts them
+into units of neighbouring lengths and serves those units, in a shuffled order, the next times the cluster is
+drawn. Each micro-batch then holds examples of similar length and pays little padding; the cluster law, each
+example at most once per epoch and the state are unchanged. Examples waiting in a pool when the epoch ends
+count as not reached.
+
 State (`state_dict`): seed, epoch and the number of micro-steps already yielded in the epoch; restoring
 recomputes the epoch's schedule and continues exactly where it stopped, also on another number of ranks when
 the global micro-batch (ranks x micro_batch_size) is the same.
@@ -31,6 +38,7 @@ from cgc.task_map import TaskMap
 
 MIXINGS = ("proportional", "uniform", "temperature")
 CLUSTER_PER = ("micro_step", "optimizer_step")
+POOL_UNITS = 16  # units sorted by length together: more, less padding; fewer, less order imposed on the data
 
 
 def argument_problems(
@@ -72,14 +80,20 @@ class ClusterAwareBatchSampler:
         drop_last: bool = True,
         cluster_per: str = "micro_step",
         grad_accum: int = 1,
+        lengths: Sequence[int] | None = None,
     ):
         found = argument_problems(micro_batch_size, mixing, temperature, cluster_per, grad_accum)
         problems = [f"{name} {message}" for name, message in found.items()]
         if world_size < 1 or not 0 <= rank < world_size:
             problems.append(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        ids = np.asarray(task_ids, dtype=np.int64)
+        if lengths is not None and len(lengths) != len(ids):
+            problems.append(f"lengths has {len(lengths)} entries for {len(ids)} examples")
         if problems:
             raise ValueError("invalid ClusterAwareBatchSampler arguments:\n  - " + "\n  - ".join(problems))
-        ids = np.asarray(task_ids, dtype=np.int64)
+        # Token count of each example, when batches are to be grouped by length (None: not grouped).
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.task_of_example = ids
         if ids.size:
             task_map.name_of(int(ids.min()) if ids.min() < 0 else int(ids.max()))  # raises for an id out of range
         self.task_map = task_map
@@ -138,20 +152,34 @@ class ClusterAwareBatchSampler:
         per_step = self.world_size * self.micro_batch_size
         unit = per_step * self.unit_steps
         schedule, usage = [], {t: 0 for t in self.examples_of_task}
+        pools: dict[str, list[np.ndarray]] = {c: [] for c in names}  # length-grouped units waiting, per cluster
         while True:
             cluster = names[rng.choice(len(names), p=p)]
             tasks = list(self.task_weights[cluster])
             left = np.array([len(queues[t]) for t in tasks])
-            if left.sum() < unit:  # the drawn cluster is used up: the epoch ends here
+            if not pools[cluster] and left.sum() < unit:  # the drawn cluster is used up: the epoch ends here
                 if not self.drop_last:
                     schedule += self._last_partial_step(cluster, queues, usage)
                 return schedule, usage
-            counts = self._task_counts(rng, cluster, tasks, left, unit)
-            picked = np.array([queues[t].pop() for t, n in zip(tasks, counts, strict=True) for _ in range(n)])
-            rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
-            for t, n in zip(tasks, counts, strict=True):
-                usage[t] += int(n)
+            if self.lengths is None:
+                picked = self._take(rng, cluster, tasks, queues, left, unit)
+                rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
+            else:
+                if not pools[cluster]:
+                    units = min(POOL_UNITS, int(left.sum()) // unit)
+                    taken = self._take(rng, cluster, tasks, queues, left, unit * units)
+                    by_length = taken[np.argsort(self.lengths[taken], kind="stable")]
+                    pools[cluster] = list(by_length.reshape(units, unit))
+                    rng.shuffle(pools[cluster])  # not shortest first: no curriculum by length
+                picked = pools[cluster].pop()  # neighbouring lengths, in order: each rank gets a similar slice
+            for task_id, n in zip(*np.unique(self.task_of_example[picked], return_counts=True), strict=True):
+                usage[self.task_map.name_of(int(task_id))] += int(n)
             schedule += [(cluster, step) for step in picked.reshape(self.unit_steps, per_step)]
+
+    def _take(self, rng, cluster: str, tasks: list[str], queues, left: np.ndarray, size: int) -> np.ndarray:
+        """`size` unused examples of the cluster's tasks, the slots drawn by the task law."""
+        counts = self._task_counts(rng, cluster, tasks, left, size)
+        return np.array([queues[t].pop() for t, n in zip(tasks, counts, strict=True) for _ in range(n)])
 
     def _task_counts(self, rng, cluster: str, tasks: list[str], left: np.ndarray, unit: int) -> np.ndarray:
         """How many of the unit's slots go to each task: drawn by the task law among tasks with unused examples."""
@@ -233,6 +261,7 @@ class ClusterAwareBatchSampler:
             "drop_last": self.drop_last,
             "mixing": self.mixing,
             "temperature": self.temperature,
+            "length_grouped": self.lengths is not None,
         }
 
     def load_state_dict(self, state: Mapping) -> None:

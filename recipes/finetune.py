@@ -26,7 +26,6 @@ from pathlib import Path
 
 import datasets
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -53,13 +52,14 @@ from cgc.recipe_inputs import check_step_fits_a_cluster, check_writable, deepspe
 from cgc.run_log import PhaseTimes, RunLog, StepStats
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.support import MachineFacts, unsupported_combinations
-from cgc.tokenization import IGNORE_INDEX, MultiTaskCollator, tokenize_dataset
+from cgc.target_loss import forward_on_targets, takes_logits_to_keep, target_tokens, token_loss
+from cgc.tokenization import MultiTaskCollator, tokenize_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
     inputs = load_inputs(argv)
     cfg, out = inputs.cfg, Path(inputs.cfg.output_dir)
-    rank, world = start_process_group(inputs.ds_config)
+    rank, world = start_process_group(inputs.ds_config, cfg.train.threads_per_rank)
     identity = claim_output_dir(cfg, out, rank)
     resume_dir = choose_checkpoint(cfg, out, world, inputs.ds_config, identity)
     write_resolved_config(cfg, out, rank)
@@ -121,10 +121,11 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
     return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
 
 
-def start_process_group(ds_config: dict) -> tuple[int, int]:
+def start_process_group(ds_config: dict, threads: int | None) -> tuple[int, int]:
     """This rank's GPU selected first, then nccl on GPUs or gloo on CPU ranks (cgc.distributed); plain
     `python recipes/finetune.py` is a run of world size 1. DeepSpeed builds some ops on first use (inside
-    init_distributed on CPU ranks): a stale build lock stops the run here instead of hanging it. -> (rank, world)"""
+    init_distributed on CPU ranks): a stale build lock stops the run here instead of hanging it. CPU threads are
+    set first (cgc.distributed.threads_per_rank). -> (rank, world)"""
     extensions = deepspeed_ops.use_environment_extensions_dir()
     ops = deepspeed_ops.ops_for(ds_config, torch.cuda.is_available())
     stale = deepspeed_ops.stale_locks(extensions, ops)
@@ -132,6 +133,9 @@ def start_process_group(ds_config: dict) -> tuple[int, int]:
         error_exit(deepspeed_ops.stale_lock_message(stale))
     if distributed.rank() == 0:
         deepspeed_ops.announce_builds(extensions, ops)
+    threads = distributed.threads_per_rank(threads, torch.cuda.is_available())
+    if threads is not None:
+        torch.set_num_threads(threads)
     import deepspeed  # a slow import: only once the config is known to be good
 
     if "RANK" not in os.environ:
@@ -231,6 +235,7 @@ def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, wor
             temperature=cfg.sampler.temperature,
             cluster_per=cfg.sampler.cluster_per,
             grad_accum=cfg.train.grad_accum,
+            lengths=[len(ids) for ids in train_set["input_ids"]] if cfg.sampler.group_by_length else None,
         )
     except ValueError as err:  # e.g. max_length dropped so many examples that no cluster fills a step
         error_exit(f"after tokenisation (data.max_length={cfg.data.max_length}): {err}")
@@ -241,7 +246,7 @@ def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, wor
     loader = torch.utils.data.DataLoader(
         train_set,
         batch_sampler=sampler,
-        collate_fn=MultiTaskCollator(tokenizer.pad_token_id),
+        collate_fn=MultiTaskCollator(tokenizer.pad_token_id, padding_side="left"),  # targets at the ends of rows
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     return loader, sampler
@@ -259,7 +264,10 @@ def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict):
 
         optimizer = DeepSpeedCPUAdam(groups)
     else:
-        optimizer = torch.optim.AdamW(groups)
+        # fused: one pass over each flat ZeRO partition instead of ~10 elementwise ones. ZeRO updates every
+        # cluster's experts each step (absent ones by momentum), 3x a plain LoRA's parameters in the demo:
+        # the default kernel took a quarter of a CPU step (benchmarks/recipe_speed.py phase_seconds).
+        optimizer = torch.optim.AdamW(groups, fused=True)
     schedule = "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule
     scheduler = get_scheduler(
         schedule, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=cfg.train.max_steps
@@ -321,6 +329,7 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
     engine.train()
     last_saved, tokens, padded, final_loss = step, 0.0, 0.0, log.last_loss
     phases = PhaseTimes()  # where this rank's time goes, summed over the run
+    logits_to_keep = takes_logits_to_keep(model)
     while step < stop_at:
         phases.start()
         stats = StepStats(model.task_map)
@@ -335,10 +344,8 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
         scale = world * cfg.train.grad_accum / max(step_targets, 1.0)
         phases.mark("data")
         for batch, cluster in micro_steps:
-            logits = engine(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
-            ).logits
-            loss_sum, per_sample, per_sample_tokens = token_loss(logits, batch["labels"])
+            logits, labels = forward_on_targets(engine, batch, logits_to_keep)
+            loss_sum, per_sample, per_sample_tokens = token_loss(logits, labels)
             phases.mark("forward")
             engine.backward(loss_sum * scale)
             phases.mark("backward")
@@ -497,21 +504,6 @@ def base_param_bytes(model: cgc.CGCModel) -> tuple[int, int]:
 def endless(loader):
     while True:  # each pass is one sampler epoch
         yield from loader
-
-
-def target_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) labels -> (B,) number of target tokens the loss is taken over (position t predicts token t+1)."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor):
-    """Summed loss over target tokens, plus per-sample sums and token counts (for per-task losses)."""
-    # position t predicts token t+1: (B, T-1, V) against (B, T-1)
-    per_token = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    per_sample = per_token.sum(dim=1)  # ignored positions contribute 0
-    return per_sample.sum(), per_sample.detach(), target_tokens(labels)
 
 
 def optional_float(value) -> float | None:
