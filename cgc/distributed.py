@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,7 +75,24 @@ def start_process_group(init=None) -> tuple[int, int]:
         torch.cuda.set_device(device)
     (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo")
     make_side_group()
+    release_shared_memory_name()
     return dist.get_rank(), dist.get_world_size()
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def release_shared_memory_name() -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer from /dev/shm (a collective call).
+
+    DeepSpeed's shm comm op (CPU ranks) creates a 66 MB shared-memory file per rank, named after user, master
+    address, port and rank, and never unlinks it: every run left them behind until /dev/shm filled the machine's
+    memory. Once every rank has opened its peers' buffers (they do inside init; the barrier makes sure), the name
+    can go: the mappings stay valid and the memory is freed when the ranks exit, however they exit."""
+    barrier()
+    port = os.environ.get("MASTER_PORT", "")
+    for path in SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{dist.get_rank()}"):
+        path.unlink(missing_ok=True)
 
 
 def make_side_group(force: bool = False) -> None:

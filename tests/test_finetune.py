@@ -52,7 +52,10 @@ def losses(out: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "run"
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     result = launch(out, *RUN)
+    # DeepSpeed's CPU all-reduce buffers (66 MB a rank) are released with the ranks, not left in /dev/shm.
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     # make install built DeepSpeed's comm op into the environment: a run compiles nothing
     assert "building DeepSpeed op" not in result.stderr
     return out, result.stdout
