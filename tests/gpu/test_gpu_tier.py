@@ -123,26 +123,29 @@ def test_resume_with_dropout_is_exact(gpu_run, tmp_path):
 
 
 def test_a_task_exported_to_peft_gives_the_cgc_logits(gpu_run):
+    # Both sides in float32 compute on the same NF4 weights, so that the comparison sees the export and not
+    # rounding: in bfloat16 the two product orders alone differed by 2.3 % of the logits' mean size (measured on
+    # an H200), too close to what a wrong scaling would give.
     from peft import PeftModel
 
     out, _ = gpu_run
     task = "add"
     ids = torch.randint(4, 104, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
-    base, _ = load_recipe_model("random-llama-1b", None, "nf4", "bfloat16")
+    base, _ = load_recipe_model("random-llama-1b", None, "nf4", "float32")
     model = cgc.load_adapter(base, out / "adapters" / "cgc").eval()
     assert any(p.abs().sum() > 0 for n, p in model.trainable_parameters() if n.endswith("lora_B"))
     with torch.no_grad():
-        expected = model(input_ids=ids, task_ids=[task] * 2).logits.float()
+        expected = model(input_ids=ids, task_ids=[task] * 2).logits
     del model, base
-    fresh, _ = load_recipe_model("random-llama-1b", None, "nf4", "bfloat16")
+    fresh, _ = load_recipe_model("random-llama-1b", None, "nf4", "float32")
     peft_model = PeftModel.from_pretrained(fresh, out / "adapters" / "peft" / task).eval()
     with torch.no_grad():
-        got = peft_model(input_ids=ids).logits.float()
+        got = peft_model(input_ids=ids).logits
         with peft_model.disable_adapter():
-            without = peft_model(input_ids=ids).logits.float()
-    scale = expected.abs().mean()
-    assert (got - expected).abs().mean() / scale < 2e-2  # bf16 rounding of two different product orders
-    assert (without - expected).abs().mean() > 5 * (got - expected).abs().mean()  # the adapter matters
+            without = peft_model(input_ids=ids).logits
+    export_error, adapter_effect = (got - expected).abs().mean(), (without - expected).abs().mean()
+    print(f"export error {export_error.item():.3g}, adapter effect {adapter_effect.item():.3g} (mean |logit diff|)")
+    assert export_error < 1e-2 * adapter_effect, (export_error.item(), adapter_effect.item())
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the 2-rank path needs 2 GPUs")
