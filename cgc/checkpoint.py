@@ -68,9 +68,9 @@ def read_rank_state(tag_dir: Path, rank: int) -> dict:
     return torch.load(path, weights_only=False)
 
 
-def mark_complete(tag_dir: Path, step: int, world_size: int) -> None:
+def mark_complete(tag_dir: Path, step: int, world_size: int, zero_stage: int | None = None) -> None:
     tmp = tag_dir / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "world_size": world_size}))
+    tmp.write_text(json.dumps({"step": step, "world_size": world_size, "zero_stage": zero_stage}))
     os.replace(tmp, tag_dir / COMPLETE_MARKER)  # atomic: the marker is either absent or whole
 
 
@@ -140,7 +140,7 @@ def save(
     if rank() == 0:
         if identity is not None:
             (partial / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
-        mark_complete(partial, step, world_size)
+        mark_complete(partial, step, world_size, engine.zero_optimization_stage())
         replaced = checkpoints / f".{tag}.replaced"
         if final.exists():
             os.replace(final, replaced)
@@ -250,6 +250,11 @@ def saved_world_size(tag_dir: Path) -> int:
     return json.loads((tag_dir / COMPLETE_MARKER).read_text())["world_size"]
 
 
+def saved_zero_stage(tag_dir: Path) -> int | None:
+    """The ZeRO stage the checkpoint was saved with (None: saved before cgc recorded it)."""
+    return json.loads((tag_dir / COMPLETE_MARKER).read_text()).get("zero_stage")
+
+
 def is_universal(tag_dir: Path) -> bool:
     return bool(json.loads((tag_dir / COMPLETE_MARKER).read_text()).get("universal"))
 
@@ -260,6 +265,12 @@ def to_universal(tag_dir: Path) -> Path:
     tag_dir = Path(tag_dir)
     if not (tag_dir / COMPLETE_MARKER).is_file():
         raise ValueError(f"{tag_dir} is not a complete cgc checkpoint (no {COMPLETE_MARKER})")
+    if saved_zero_stage(tag_dir) == 0:
+        raise ValueError(
+            f"{tag_dir} was saved without ZeRO partitioning (stage 0: a one-rank run drops stage 1/2, see "
+            "deepspeed.partition_single_rank), which DeepSpeed cannot convert to a universal checkpoint; resume it "
+            "on one rank, or run with deepspeed.partition_single_rank=true for checkpoints you will convert"
+        )
     out = tag_dir.parent / f"{tag_dir.name}_universal"
     subprocess.run(
         [
@@ -288,4 +299,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m cgc.checkpoint")
     parser.add_argument("command", choices=["to-universal"])
     parser.add_argument("checkpoint", help="a checkpoints/step_N directory")
-    print(to_universal(Path(parser.parse_args().checkpoint)))
+    try:
+        print(to_universal(Path(parser.parse_args().checkpoint)))
+    except ValueError as err:
+        sys.exit(f"error: {err}")

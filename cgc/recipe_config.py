@@ -114,6 +114,11 @@ class DeepSpeedSection:
         "ds_configs/zero2.json",
         "`ds_configs/zero2.json`, `zero3.json` or `zero3_offload.json`; the recipe fills the batch sizes",
     )
+    partition_single_rank: bool = knob(
+        False,
+        "keep ZeRO stage 1/2 on a one-rank float32 run (by default it runs stage 0: same updates, no ZeRO "
+        "bookkeeping); set it for checkpoints you will convert to universal ones",
+    )
 
 
 @dataclass

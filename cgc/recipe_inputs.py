@@ -41,6 +41,35 @@ def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
     return ds
 
 
+def single_rank_stage(ds_config: dict, world: int, resume_dir: Path | None, keep_partitioning: bool) -> str | None:
+    """On one rank ZeRO stage 1/2 partitions nothing, yet its flat buffers, gradient hooks and copies cost a fifth
+    of a CPU step (benchmarks/recipe_speed.py): set stage 0 in `ds_config` for a float32 run. The updates stay
+    those of ZeRO: before its gradient all-reduce, DeepSpeed's engine gives every parameter without a gradient
+    zeros (engine.py, `_get_gradients_for_reduction`), so Adam moves absent clusters by momentum as ZeRO's flat
+    buffers do (tests/test_finetune.py compares the two). A resumed checkpoint keeps the stage it was saved with;
+    a universal one needs ZeRO to load.
+    -> the line to print when it changed the stage, else None."""
+    zero = ds_config["zero_optimization"]
+    stage = zero.get("stage", 0)
+    half = any(ds_config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))  # DeepSpeed's own optimizer wrappers
+    if world != 1 or stage not in (1, 2) or half:
+        return None
+    if resume_dir is not None:
+        from cgc import checkpoint as ckpt
+
+        # the universal loader and a ZeRO checkpoint's optimizer shards need the ZeRO optimizer, a stage-0
+        # checkpoint the plain one
+        if ckpt.is_universal(resume_dir) or ckpt.saved_zero_stage(resume_dir) != 0:
+            return None
+    elif keep_partitioning:
+        return None
+    zero["stage"] = 0
+    return (
+        f"one rank: ZeRO stage {stage} would partition nothing, running stage 0 (the same updates, less bookkeeping; "
+        "deepspeed.partition_single_rank=true keeps it)"
+    )
+
+
 # DeepSpeed's top-level keys (its config documentation). An unknown key close to one of these is a typo that
 # DeepSpeed itself would ignore silently (e.g. `zero_optimisation`: the run would train without ZeRO).
 DEEPSPEED_KEYS = (

@@ -48,7 +48,13 @@ from cgc.distributed import (
 from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks, write_results
 from cgc.metrics import MetricSpec, task_metrics
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
-from cgc.recipe_inputs import check_step_fits_a_cluster, check_writable, deepspeed_config, warn_empty_targets
+from cgc.recipe_inputs import (
+    check_step_fits_a_cluster,
+    check_writable,
+    deepspeed_config,
+    single_rank_stage,
+    warn_empty_targets,
+)
 from cgc.run_log import PhaseTimes, RunLog, StepStats
 from cgc.sampler import ClusterAwareBatchSampler
 from cgc.support import MachineFacts, unsupported_combinations
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = start_process_group(inputs.ds_config, cfg.train.threads_per_rank)
     identity = claim_output_dir(cfg, out, rank)
     resume_dir = choose_checkpoint(cfg, out, world, inputs.ds_config, identity)
+    stage_note = single_rank_stage(inputs.ds_config, world, resume_dir, cfg.deepspeed.partition_single_rank)
+    if stage_note:
+        print0(stage_note)
     write_resolved_config(cfg, out, rank)
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)

@@ -151,6 +151,42 @@ def test_resume_with_dropout_is_exact(tmp_path):
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
 
 
+def test_one_rank_drops_zero2_for_stage_0_with_the_same_updates_and_exact_resume(tmp_path):
+    # One rank: ZeRO-2 partitions nothing, so the recipe runs stage 0. Clusters absent from a step have no
+    # gradients there, which torch's AdamW would skip; DeepSpeed's engine gives them zeros (as ZeRO's flat buffers
+    # do), so Adam moves them by momentum either way. Each step holds one cluster: every step after the first has
+    # absent clusters, and a skipped update would show here.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    run = ["train.max_steps=8", "train.micro_batch_size=8", "deepspeed.config=ds_configs/zero2.json", *QUIET]
+
+    def single(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "recipes/finetune.py", "--config", TINY, f"output_dir={out}", *run, *overrides]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        return result
+
+    plain, zero2, resumed = tmp_path / "plain", tmp_path / "zero2", tmp_path / "resumed"
+    assert "running stage 0" in single(plain, "train.save_every=4").stdout
+    assert "running stage 0" not in single(zero2, "deepspeed.partition_single_rank=true").stdout
+    stages = [json.loads((o / "run_summary.json").read_text())["zero_stage"] for o in (plain, zero2)]
+    assert stages == [0, 2]
+    a, b = losses(plain), losses(zero2)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    # A stage-0 checkpoint resumes exactly on one rank (also when the knob asks for ZeRO: it keeps its stage) ...
+    single(resumed, "train.stop_after=4")
+    single(resumed, "resume=latest", "deepspeed.partition_single_rank=true")
+    again = losses(resumed)
+    for step in range(5, 9):
+        assert abs(a[step] - again[step]) <= 1e-6, (step, a[step], again[step])
+    # ... and DeepSpeed cannot make a universal checkpoint of it: one clear message, not its traceback.
+    convert = [sys.executable, "-m", "cgc.checkpoint", "to-universal", str(plain / "checkpoints" / "step_4")]
+    refused = subprocess.run(convert, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and "partition_single_rank=true" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_sigterm_checkpoints_and_exits_zero_and_resume_skips_an_incomplete_checkpoint(tmp_path):
     out = tmp_path / "preempted"
     cmd = command(out, "train.max_steps=500", "train.save_every=0", *QUIET)
