@@ -12,12 +12,31 @@ import socket
 import textwrap
 from pathlib import Path
 
+from cgc.config import CONFIG_NAME, CGCLoraConfig
 from cgc.model import ADAPTER_WEIGHTS_NAME
+from cgc.recipe_config import ConfigError
 
 # The values vLLM 0.32 accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 BASE_MODEL_NAME = "base"  # the served name of the bare base model; each task is served under its own name
 BASE_MARKER = "cgc_base.json"  # in a written base dir: which model it holds
+
+
+def run_adapter(output_dir: str, adapter: str | None, tasks: str | None) -> tuple[Path, list[str]]:
+    """The cgc adapter to export or serve (`adapter`, else the run's `<output_dir>/adapters/cgc`) and the tasks
+    asked for (comma-separated; None: all of the adapter's). Raises ConfigError with the way out."""
+    path = Path(adapter or Path(output_dir) / "adapters" / "cgc")
+    if not (path / CONFIG_NAME).is_file():
+        raise ConfigError(
+            f"no cgc adapter at {path} ({CONFIG_NAME} missing): the run has not finished; train first "
+            "(make demo), or pass --adapter"
+        )
+    known = CGCLoraConfig.load(path).tasks
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else known
+    unknown = [t for t in chosen if t not in known]
+    if unknown or not chosen:
+        raise ConfigError(f"--tasks: no task {unknown} in the adapter; its tasks: {', '.join(known)}")
+    return path, chosen
 
 
 def vllm_lora_rank(rank: int) -> int:

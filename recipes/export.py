@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 import cgc
 from cgc.base_model import load_recipe_model
-from cgc.config import CONFIG_NAME
 from cgc.distributed import error_exit
 from cgc.recipe_config import ConfigError, load_recipe_config
+from cgc.serving import run_adapter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,14 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides, check_paths=False)  # no data is read here
-        adapter = Path(args.adapter or Path(cfg.output_dir) / "adapters" / "cgc")
-        if not (adapter / CONFIG_NAME).is_file():
-            raise ConfigError(f"no cgc adapter at {adapter} ({CONFIG_NAME} missing): train first, or pass --adapter")
-        known = cgc.CGCLoraConfig.load(adapter).tasks
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else known
-        unknown = [t for t in tasks if t not in known]
-        if unknown or not tasks:
-            raise ConfigError(f"--tasks: unknown {unknown}; the adapter's tasks: {known}")
+        adapter, tasks = run_adapter(cfg.output_dir, args.adapter, args.tasks)
     except (ConfigError, ValueError) as err:
         error_exit(str(err))
     out = Path(args.out or Path(cfg.output_dir) / "export")

@@ -30,7 +30,6 @@ import torch
 
 import cgc
 from cgc.base_model import PACKAGED_GGUF, TINY_MODELS, load_base_model, resolve
-from cgc.config import CONFIG_NAME
 from cgc.data import DataError, load_examples
 from cgc.distributed import error_exit
 from cgc.recipe_config import ConfigError, load_recipe_config
@@ -40,6 +39,7 @@ from cgc.serving import (
     example_client,
     mark_base_dir,
     port_in_use,
+    run_adapter,
     stale_exports,
     vllm_lora_rank,
     vllm_server_command,
@@ -64,17 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides, check_paths=False)  # no data is read here
-        adapter = Path(args.adapter or Path(cfg.output_dir) / "adapters" / "cgc")
-        if not (adapter / CONFIG_NAME).is_file():
-            raise ConfigError(
-                f"no cgc adapter at {adapter} ({CONFIG_NAME} missing): the run has not finished; train first "
-                "(make demo), or pass --adapter"
-            )
-        known = cgc.CGCLoraConfig.load(adapter).tasks
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else known
-        unknown = [t for t in tasks if t not in known]
-        if unknown or not tasks:
-            raise ConfigError(f"--tasks: no task {unknown} in the adapter; its tasks: {', '.join(known)}")
+        adapter, tasks = run_adapter(cfg.output_dir, args.adapter, args.tasks)
         if BASE_MODEL_NAME in tasks:
             raise ConfigError(f"a task is named {BASE_MODEL_NAME!r}, the served name of the bare base model")
         if port_in_use(args.host, args.port):
@@ -97,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         args.vllm_python, str(base_dir), adapters, lora_rank, dtype, args.host, args.port, kv_cache_gib
     )
     print("starting vLLM:", " ".join(command), flush=True)
+    # SIGTERM (kill, a process manager) ends this process through the `finally` below, as Ctrl-C does: without
+    # it Python would die at once and leave vLLM running, in the session of its own it gets here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     server = subprocess.Popen(command, start_new_session=True)  # its own group: Ctrl-C here stops all of it once
     url = f"http://{args.host}:{args.port}"
     try:

@@ -118,7 +118,7 @@ def served(tmp_path_factory):
         assert server.poll() is None and time.monotonic() < deadline, (out / "serve.log").read_text()[-6000:]
         time.sleep(1)
     yield f"http://127.0.0.1:{port}", model, tokenizer, system_prompt, (out / "serve.log").read_text()
-    server.send_signal(signal.SIGINT)  # Ctrl-C: serve.py stops vLLM with itself
+    server.send_signal(signal.SIGTERM)  # as `kill` or a process manager stops it: serve.py stops vLLM with itself
     server.wait(timeout=120)
     log.close()
     assert not port_in_use("127.0.0.1", port)
