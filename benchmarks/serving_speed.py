@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,8 +35,8 @@ from cgc.config import CONFIG_NAME
 from cgc.data import load_examples
 from cgc.distributed import free_port
 from cgc.recipe_config import load_recipe_config
-from cgc.serving import BASE_MODEL_NAME, chat_messages
-from cgc.tokenization import MultiTaskCollator, prompt_token_ids
+from cgc.serving import BASE_MODEL_NAME, stop_server, wait_until_answering
+from cgc.tokenization import MultiTaskCollator, chat_messages, prompt_token_ids
 
 from timing import machine
 
@@ -106,21 +104,13 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"server exited ({self.process.returncode}):\n{self.log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=5):
-                    return
-            except OSError:
-                time.sleep(1)
-        sys.exit(f"server not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+        problem = wait_until_answering(self.process, self.url, timeout)
+        if problem:
+            self.stop()
+            sys.exit(f"{problem}:\n{self.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=60)
+        stop_server(self.process, grace_s=60)  # serve.py itself gives vLLM 30 s
 
 
 def serve_run(config: str, run_dir: Path) -> Server:

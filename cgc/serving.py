@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 from cgc.config import CONFIG_NAME, CGCLoraConfig
 from cgc.model import ADAPTER_WEIGHTS_NAME
 from cgc.recipe_config import ConfigError
+from cgc.tokenization import chat_messages
 
 # The values vLLM 0.32 accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -101,6 +106,30 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def wait_until_answering(server: subprocess.Popen, url: str, timeout_s: float) -> str | None:
+    """Poll `url`/v1/models until the server answers -> None; or why it never will (it exited, or timed out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return f"vLLM exited with code {server.returncode} before it was ready"
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5):
+                return None
+        except OSError:
+            time.sleep(1)
+    return f"vLLM did not answer at {url} within {timeout_s} s"
+
+
+def stop_server(server: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the server's process group (started with start_new_session), SIGKILL after `grace_s`."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
 def stale_exports(cgc_adapter: Path, peft_dir: Path, tasks: list[str]) -> list[str]:
     """Tasks whose PEFT export under `peft_dir` is missing or older than the cgc adapter's weights."""
     trained = (cgc_adapter / ADAPTER_WEIGHTS_NAME).stat().st_mtime
@@ -125,13 +154,6 @@ def mark_base_dir(base_dir: Path, name_or_path: str, gguf_file: str | None) -> N
     tmp = base_dir / (BASE_MARKER + ".tmp")
     tmp.write_text(json.dumps({"name_or_path": name_or_path, "gguf_file": gguf_file}))
     os.replace(tmp, base_dir / BASE_MARKER)  # written last: a base dir without it is incomplete
-
-
-def chat_messages(text: str, system_prompt: str | None) -> list[dict]:
-    """The messages of a request in the run's prompt format: the chat template applies to these exactly as to
-    training prompts (cgc.tokenization.prompt_token_ids), the system turn included when the run had one."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*messages, {"role": "user", "content": text}]
 
 
 def example_client(url: str, task: str, system_prompt: str | None, text: str, max_tokens: int) -> str:

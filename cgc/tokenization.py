@@ -26,11 +26,17 @@ IGNORE_INDEX = -100
 MAX_CHARS_PER_TOKEN = 32
 
 
+def chat_messages(text: str, system_prompt: str | None) -> list[dict]:
+    """The chat messages of a prompt: an optional system turn, then the user turn. Training, eval and served
+    requests (cgc.serving) all build them here, so a server applies the chat template to what training did."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": text}]
+
+
 def prompt_token_ids(tokenizer, text: str, separator: str = "\n", system_prompt: str | None = None) -> list[int]:
     """Chat template (optional system turn, user turn, generation prompt) if the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": text})
+        messages = chat_messages(text, system_prompt)
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
     return tokenizer((f"{system_prompt}{separator}" if system_prompt else "") + text + separator)["input_ids"]

@@ -18,12 +18,9 @@ an example client once the server is ready). Ctrl-C stops the server.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -41,8 +38,10 @@ from cgc.serving import (
     port_in_use,
     run_adapter,
     stale_exports,
+    stop_server,
     vllm_lora_rank,
     vllm_server_command,
+    wait_until_answering,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     server = subprocess.Popen(command, start_new_session=True)  # its own group: Ctrl-C here stops all of it once
     url = f"http://{args.host}:{args.port}"
     try:
-        wait_until_ready(server, url)
+        problem = wait_until_answering(server, url, READY_TIMEOUT_S)
+        if problem:
+            error_exit(f"{problem} (its log is above)", 1)
         print_usage(url, tasks, peft_dir, lora_rank, cfg.data.system_prompt, example_input(cfg, tasks[0]))
         sys.exit(server.wait())
     except KeyboardInterrupt:
         pass
     finally:
-        stop(server)
+        stop_server(server)
 
 
 def export_tasks(cfg, adapter: Path, peft_dir: Path, tasks: list[str]) -> None:
@@ -131,23 +132,6 @@ def servable_base(cfg, base_dir: Path) -> Path | str:
     return base_dir
 
 
-def wait_until_ready(server: subprocess.Popen, url: str) -> None:
-    """Poll /v1/models until the server answers; a server that exits first ends this recipe with its code."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            error_exit(f"vLLM exited with code {server.returncode} before it was ready (its log is above)", 1)
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    stop(server)
-    error_exit(f"vLLM did not answer at {url} within {READY_TIMEOUT_S} s", 1)
-
-
 def print_usage(url, tasks, peft_dir, lora_rank, system_prompt, text) -> None:
     width = max(len(t) for t in [*tasks, BASE_MODEL_NAME])
     rows = [f"  {t:<{width}}  {peft_dir / t}" for t in tasks]
@@ -169,15 +153,6 @@ def example_input(cfg, task: str) -> str:
     except (DataError, OSError, ValueError):
         return "..."
     return next((row["input"] for row in rows if row["task"] == task), "...")
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

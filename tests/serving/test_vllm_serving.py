@@ -26,8 +26,8 @@ import cgc
 from cgc.base_model import load_base_model
 from cgc.distributed import free_port
 from cgc.recipe_config import load_recipe_config
-from cgc.serving import BASE_MODEL_NAME, chat_messages, port_in_use
-from cgc.tokenization import prompt_token_ids
+from cgc.serving import BASE_MODEL_NAME, port_in_use
+from cgc.tokenization import chat_messages, prompt_token_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = "recipes/configs/smollm2_demo.yaml"
