@@ -1,11 +1,16 @@
-"""Write the demo multi-task dataset: recipes/data/demo/{train,eval}.jsonl (generic format).
+"""Write the demo multi-task dataset (generic format) in two variants of the same examples:
+
+    recipes/data/demo/{train,eval}.jsonl                    task hidden from the input
+    recipes/data/demo/{instruct_train,instruct_eval}.jsonl  every prompt names its task in words
 
     python recipes/data/make_demo.py [--train-per-task 300] [--eval-per-task 50] [--seed 0]
 
 Three clusters, nine tasks, every answer scored by exact match. Inside a cluster all tasks take the same kind
-of input and want different outputs ("apple river stone" -> reversed, upper-cased or sorted), and the prompt
-holds no instruction: only the task id says which output is wanted. One adapter shared by all tasks has to
-fight itself there (the seesaw); task-specific experts do not. The output is deterministic for a given seed.
+of input and want different outputs ("apple river stone" -> reversed, upper-cased or sorted). In the first
+variant the prompt holds no instruction: only the task id says which output is wanted, so only methods given
+the task id can know it. The instruction variant ("Reverse the order of these words: apple river stone"), like
+PromptCBLUE, Firefly or FLAN, tells every method the task: the fair comparison (`make seesaw`). The output is
+deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,24 @@ CLUSTERS = {
     "numbers": ["add", "subtract", "maximum"],
     "letters": ["first_letter", "last_letter", "length"],
 }
+
+
+# The instruction variant's prompt: "<instruction>: <input>".
+INSTRUCTIONS = {
+    "reverse_words": "Reverse the order of these words",
+    "uppercase": "Write these words in capital letters",
+    "sort_words": "Sort these words alphabetically",
+    "add": "Add these two numbers",
+    "subtract": "Subtract the second number from the first",
+    "maximum": "Give the larger of these two numbers",
+    "first_letter": "Give the first letter of this word",
+    "last_letter": "Give the last letter of this word",
+    "length": "Count the letters of this word",
+}
+
+
+def with_instruction(row: dict) -> dict:
+    return {**row, "input": f"{INSTRUCTIONS[row['task']]}: {row['input']}"}
 
 
 def draw_input(cluster: str, rng: random.Random) -> str:
@@ -95,12 +118,17 @@ def main():
     used: dict[str, set[str]] = {}
     splits = {"eval": make_split(args.eval_per_task, rng, used), "train": make_split(args.train_per_task, rng, used)}
     for name, rows in splits.items():
-        with open(out / f"{name}.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"wrote {len(rows)} examples to {out / f'{name}.jsonl'}")
+        write_jsonl(out / f"{name}.jsonl", rows)
+        write_jsonl(out / f"instruct_{name}.jsonl", [with_instruction(row) for row in rows])
     with open(out / "clusters.json", "w") as f:
         json.dump(CLUSTERS, f, indent=2)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"wrote {len(rows)} examples to {path}")
 
 
 if __name__ == "__main__":
