@@ -8,7 +8,9 @@
 | CGC-LoRA      | the user's clusters | S | K | task gate |
 
 `matched_budget` builds all four with (as near as integer ranks allow) the same total expert rank, i.e. the
-same number of LoRA parameters on every adapted layer; gate logits add a few parameters on top.
+same number of LoRA parameters on every adapted layer; gate logits add a few parameters on top. No expert gets a
+rank below `min_rank` (default 4): a rank-1 expert is a comparison of nothing, so a budget too small for that is
+raised to the smallest one that gives every method's experts `min_rank` (`smallest_budget`).
 """
 
 from __future__ import annotations
@@ -59,26 +61,42 @@ def total_rank(config: CGCLoraConfig) -> int:
     return config.r * sum(config.num_experts(c) for c in config.clusters)
 
 
+def experts_per_layer(clusters: dict[str, list[str]], num_shared: int, num_task: int, moe_experts: int) -> dict:
+    """Experts on one adapted layer of each method."""
+    tasks = sum(len(ts) for ts in clusters.values())
+    cgc_experts = sum(num_shared + num_task * len(ts) for ts in clusters.values())
+    return {"shared_lora": 1, "per_task_lora": tasks, "moelora": moe_experts, "cgc_lora": cgc_experts}
+
+
+def smallest_budget(clusters: dict[str, list[str]], num_shared: int, num_task: int, moe_experts: int, min_rank: int):
+    """The smallest total rank per layer at which every method's experts get rank >= `min_rank`."""
+    return min_rank * max(experts_per_layer(clusters, num_shared, num_task, moe_experts).values())
+
+
 def matched_budget(
     clusters: dict[str, list[str]],
     budget_rank: int,
     num_shared: int = 2,
     num_task: int = 1,
     moe_experts: int = 4,
+    min_rank: int = 4,
     **common,
 ) -> dict[str, CGCLoraConfig]:
-    """The four methods with total expert rank as close to `budget_rank` as integer ranks allow.
+    """The four methods with total expert rank as close to the budget as integer ranks allow.
 
-    Each method's per-expert rank is budget_rank // (its number of experts), at least 1; compare the
-    methods' `total_rank` (or trainable parameter counts) to see how close each came.
+    The budget is `budget_rank`, raised to `smallest_budget(...)` when that is larger (compare the two to tell
+    the user). Each method's per-expert rank is budget // (its number of experts); shared LoRA gets CGC-LoRA's
+    total rank exactly, so that it has CGC-LoRA's trainable LoRA parameters: "one bigger LoRA instead of experts".
     """
-    if budget_rank < 1:
-        raise ValueError(f"budget_rank must be >= 1, got {budget_rank}")
+    if budget_rank < 1 or min_rank < 1:
+        raise ValueError(f"budget_rank and min_rank must be >= 1, got {budget_rank} and {min_rank}")
+    budget = max(budget_rank, smallest_budget(clusters, num_shared, num_task, moe_experts, min_rank))
+    experts = experts_per_layer(clusters, num_shared, num_task, moe_experts)
     tasks = [t for ts in clusters.values() for t in ts]
-    cgc_experts = sum(num_shared + num_task * len(ts) for ts in clusters.values())
+    ours = cgc_lora(clusters, num_shared, num_task, r=budget // experts["cgc_lora"], **common)
     return {
-        "shared_lora": shared_lora(tasks, r=budget_rank, **common),
-        "per_task_lora": per_task_lora(tasks, r=max(1, budget_rank // len(tasks)), **common),
-        "moelora": moelora(tasks, moe_experts, r=max(1, budget_rank // moe_experts), **common),
-        "cgc_lora": cgc_lora(clusters, num_shared, num_task, r=max(1, budget_rank // cgc_experts), **common),
+        "shared_lora": shared_lora(tasks, r=total_rank(ours), **common),
+        "per_task_lora": per_task_lora(tasks, r=budget // experts["per_task_lora"], **common),
+        "moelora": moelora(tasks, moe_experts, r=budget // moe_experts, **common),
+        "cgc_lora": ours,
     }

@@ -3,7 +3,7 @@
 import pytest
 
 import cgc
-from cgc.presets import matched_budget, total_rank
+from cgc.presets import matched_budget, smallest_budget, total_rank
 from tests.conftest import CLUSTERS, tiny_llama
 
 TASKS = [t for ts in CLUSTERS.values() for t in ts]
@@ -43,8 +43,18 @@ def test_matched_budget_gives_equal_trainable_parameters_when_ranks_divide(budge
     assert len(set(counts.values())) == 1
 
 
-def test_matched_budget_rounds_down_and_never_below_rank_one():
-    configs = matched_budget(CLUSTERS, budget_rank=4, moe_experts=4)
-    assert configs["cgc_lora"].r == 1 and configs["per_task_lora"].r == 1 and configs["moelora"].r == 1
-    with pytest.raises(ValueError, match="budget_rank must be >= 1"):
+def test_matched_budget_raises_a_small_budget_so_that_no_expert_rank_is_below_the_minimum():
+    # The case: rank 16 for 11 tasks in 4 clusters gave rank-1 experts; now every rank is >= 4.
+    clusters = {"a": ["t1", "t2", "t3"], "b": ["t4", "t5", "t6"], "c": ["t7", "t8"], "d": ["t9", "t10", "t11"]}
+    for min_rank in (1, 4, 6):
+        for budget in (1, 16, 50, 200):
+            configs = matched_budget(clusters, budget_rank=budget, moe_experts=4, min_rank=min_rank)
+            assert min(c.r for c in configs.values()) >= min_rank, (budget, min_rank)
+            # CGC-LoRA has 4 x 2 shared + 11 task experts = 19: the smallest budget that satisfies everyone.
+            assert smallest_budget(clusters, 2, 1, 4, min_rank) == 19 * min_rank
+            assert total_rank(configs["cgc_lora"]) == max(budget, 19 * min_rank) // 19 * 19
+            assert total_rank(configs["shared_lora"]) == total_rank(configs["cgc_lora"])  # the same parameters
+    with pytest.raises(ValueError, match="must be >= 1"):
         matched_budget(CLUSTERS, budget_rank=0)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        matched_budget(CLUSTERS, budget_rank=8, min_rank=0)
