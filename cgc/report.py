@@ -1,6 +1,7 @@
-"""The seesaw report: per-task scores of several methods side by side, each method's per-task delta against
-per-task LoRA (one adapter per task, so no task has to share with another), as report.json, report.md and
-seesaw.png.
+"""The seesaw report: per-task scores of several methods side by side (mean ± std over seeds), each method's
+per-task delta against per-task LoRA (one adapter per task, so no task has to share with another), the
+learning rate each method got from its validation grid, a paired bootstrap interval of CGC-LoRA − the best
+baseline, and what CGC-LoRA's gates learned: report.json, report.md, seesaw.png (and gates.png).
 
 "Seesaw": training tasks together lifts some and pushes others down. A method's *worst drop* is how far its
 worst task falls below per-task LoRA (0 when no task falls), the number the CGC-LoRA paper's design targets.
@@ -11,87 +12,171 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cgc.stats import mean_std
+
 REFERENCE = "per_task_lora"
+OURS = "cgc_lora"
 LABELS = {
     "shared_lora": "LoRA (shared)",
     "per_task_lora": "per-task LoRA",
     "moelora": "MOELoRA",
     "cgc_lora": "CGC-LoRA",
 }
+TASK_HIDDEN = "task hidden from the input (only task-id methods can know it)"
 
 
-def build_report(methods: dict[str, dict], setup: dict) -> dict:
-    """`methods`: name -> {"eval": eval.json content, "summary": run_summary.json content, "config": {...}}.
-    -> the report.json object: per method its scores, mean, delta vs per-task LoRA and worst drop."""
-    first = next(iter(methods.values()))["eval"]["tasks"]
+def build_report(methods: dict[str, dict], setup: dict, comparison: dict | None = None, gates: dict | None = None):
+    """`methods`: name -> {"config": shape, "seeds": [{"eval": eval.json, "summary": run_summary.json}, ...],
+    optional "lr", "gate_lr", "grid" ({lr: validation score})}. -> the report.json object."""
+    first = next(iter(methods.values()))["seeds"][0]["eval"]["tasks"]
     tasks = list(first)
     report = {"setup": setup, "reference": REFERENCE, "tasks": {t: first[t]["metric"] for t in tasks}, "methods": {}}
-    reference = methods.get(REFERENCE)
-    for name, run in methods.items():
-        scores = {t: run["eval"]["tasks"][t]["score"] for t in tasks}
+    for name, method in methods.items():
+        runs = method["seeds"]
+        per_seed = [{t: run["eval"]["tasks"][t]["score"] for t in tasks} for run in runs]
+        seed_means = [sum(s.values()) / len(tasks) for s in per_seed]
+        mean, std = mean_std(seed_means)
         row = {
             "label": LABELS.get(name, name),
-            **run["config"],
-            "trainable_params": run["summary"]["trainable_params"],
-            "final_loss": run["summary"]["final_loss"],
-            "train_tokens_per_s": run["summary"]["tokens_per_s"],
-            "scores": scores,
-            "exact_match": {t: run["eval"]["tasks"][t]["exact_match"] for t in tasks},
-            "mean": sum(scores.values()) / len(scores),
-            "mean_exact_match": sum(run["eval"]["tasks"][t]["exact_match"] for t in tasks) / len(tasks),
+            **method["config"],
+            **{k: method[k] for k in ("lr", "gate_lr", "grid") if k in method},
+            "trainable_params": runs[0]["summary"]["trainable_params"],
+            "final_loss": mean_std([run["summary"]["final_loss"] for run in runs])[0],
+            "train_tokens_per_s": mean_std([run["summary"]["tokens_per_s"] for run in runs])[0],
+            "scores": {t: mean_std([s[t] for s in per_seed])[0] for t in tasks},
+            "scores_std": {t: mean_std([s[t] for s in per_seed])[1] for t in tasks},
+            "exact_match": {t: mean_std([r["eval"]["tasks"][t]["exact_match"] for r in runs])[0] for t in tasks},
+            "seed_means": seed_means,
+            "mean": mean,
+            "mean_std": std,
         }
-        if reference is not None:
-            delta = {t: scores[t] - reference["eval"]["tasks"][t]["score"] for t in tasks}
-            row["delta_vs_per_task_lora"] = delta
-            row["worst_drop"] = max(0.0, -min(delta.values()))
+        row["mean_exact_match"] = sum(row["exact_match"].values()) / len(tasks)
         report["methods"][name] = row
+    reference = report["methods"].get(REFERENCE)
+    for row in report["methods"].values():
+        if reference is not None:
+            row["delta_vs_per_task_lora"] = {t: row["scores"][t] - reference["scores"][t] for t in tasks}
+            row["worst_drop"] = max(0.0, -min(row["delta_vs_per_task_lora"].values()))
+    if comparison is not None:
+        report["comparison"] = comparison
+    if gates is not None:
+        report["gates"] = gates
     return report
+
+
+def inputs_note(train: list[dict], evaluation: list[dict]) -> str:
+    """Whether the input alone tells the task: the share of eval prompts that also occur under another task."""
+    tasks_of: dict[str, set[str]] = {}
+    for row in train + evaluation:
+        tasks_of.setdefault(row["input"], set()).add(row["task"])
+    shared = sum(1 for row in evaluation if len(tasks_of[row["input"]]) > 1) / len(evaluation)
+    if shared:
+        return f"{TASK_HIDDEN}: {shared:.0%} of the eval prompts occur under more than one task"
+    return "every prompt tells its task (no input occurs under two tasks): every method can know the task"
+
+
+def best_baseline(report_methods: dict[str, dict]) -> str | None:
+    """The method other than CGC-LoRA with the highest mean score."""
+    others = {n: r["mean"] for n, r in report_methods.items() if n != OURS}
+    return max(others, key=others.get) if others else None
+
+
+def verdict(comparison: dict) -> str:
+    """One sentence on CGC-LoRA − the best baseline."""
+    c = comparison
+    interval = f"{c['difference']:+.3f} (95 % interval {c['low']:+.3f} to {c['high']:+.3f})"
+    if not c["significant"]:
+        return f"CGC-LoRA − {c['baseline_label']}: {interval}: **no significant difference**."
+    better = "better" if c["difference"] > 0 else "worse"
+    return f"CGC-LoRA − {c['baseline_label']}: {interval}: CGC-LoRA is significantly {better}."
 
 
 def markdown(report: dict) -> str:
     methods = report["methods"]
     has_delta = REFERENCE in methods
     s = report["setup"]
+    seeds = s.get("seeds", 1)
     lines = [
         "# Seesaw report",
         "",
         f"`{s['command']}`",
         "",
-        f"Base model `{s['model']}`, {s['steps']} optimizer steps per method on the same data and sampler seed, "
-        f"matched budget: {s['budget_rank']} total expert rank per adapted layer. Scores: greedy answers on "
-        f"held-out examples (n per task: {s['examples_per_task']}), each task's own metric.",
+        f"Base model `{s['model']}`, {s['steps']} optimizer steps per method on the same data, "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std over seeds), matched budget: {s['budget_rank']} total "
+        f"expert rank per adapted layer{budget_note(s)}. Scores: greedy answers on held-out examples (n per task: "
+        f"{s['examples_per_task']}), each task's own metric.",
+    ]
+    if "inputs" in s:
+        lines += ["", f"Inputs: {s['inputs']}."]
+    if "tuning" in s:
+        lines += ["", s["tuning"]]
+    lines += [
         "",
-        "| method | rank per expert | experts per layer | trainable params | mean score | mean exact match"
+        "| method | rank per expert | experts per layer | trainable params | lr | mean score | mean exact match"
         + (" | worst drop vs per-task LoRA |" if has_delta else " |"),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if has_delta else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_delta else ""),
     ]
     for row in methods.values():
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
+        lr = f"{row['lr']:.0e}" if "lr" in row else "config"
         lines.append(
-            f"| {row['label']} | {row['r']} | {row['experts_per_layer']} | {row['trainable_params']:,} "
-            f"| {row['mean']:.3f} | {row['mean_exact_match']:.3f} |{drop}"
+            f"| {row['label']} | {row['r']} | {row['experts_per_layer']} | {row['trainable_params']:,} | {lr} "
+            f"| {row['mean']:.3f} ± {row['mean_std']:.3f} | {row['mean_exact_match']:.3f} |{drop}"
         )
-    lines += ["", "Per-task scores:", "", _task_table(report, "scores")]
+    if "shared_lora" in methods and OURS in methods:
+        shared, ours = methods["shared_lora"], methods[OURS]
+        lines += [
+            "",
+            f"LoRA (shared) is one LoRA of rank {shared['r']} with CGC-LoRA's trainable LoRA parameters "
+            f"({shared['trainable_params']:,} vs {ours['trainable_params']:,}, the gates aside): "
+            'the "a bigger rank instead of experts" row.',
+        ]
+    if "comparison" in report:
+        lines += ["", verdict(report["comparison"])]
+    if "gates" in report:
+        lines += ["", report["gates"]["summary"], "", "![gate share on own experts per task and block](gates.png)"]
+    if any("grid" in row for row in methods.values()):
+        lines += ["", "Learning rate of each method, chosen by its mean validation score:", "", _grid_table(report)]
+    lines += ["", "Per-task scores (mean ± std over seeds):", "", _task_table(report, "scores", std="scores_std")]
     if has_delta:
-        lines += ["Per-task delta vs per-task LoRA (negative = the task lost to sharing):", ""]
+        lines += ["Per-task delta vs per-task LoRA (of the means; negative = the task lost to sharing):", ""]
         lines += [_task_table(report, "delta_vs_per_task_lora", signed=True)]
     lines += ["![per-task scores and deltas](seesaw.png)", ""]
     return "\n".join(lines)
 
 
-def _task_table(report: dict, key: str, signed: bool = False) -> str:
+def budget_note(setup: dict) -> str:
+    asked = setup.get("budget_asked")
+    if asked is None or asked == setup["budget_rank"]:
+        return ""
+    return f" (raised from {asked} so that no expert has rank below {setup['min_rank']})"
+
+
+def _grid_table(report: dict) -> str:
+    rows = [row for row in report["methods"].values() if "grid" in row]
+    grid = list(rows[0]["grid"])
+    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |", "|---|" + "---:|" * (len(grid) + 1)]
+    for row in rows:
+        cells = " | ".join(f"{row['grid'][lr]:.3f}" for lr in grid)
+        lines.append(f"| {row['label']} | {cells} | {row['lr']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _task_table(report: dict, key: str, signed: bool = False, std: str | None = None) -> str:
     methods = report["methods"]
     head = "| task | metric | " + " | ".join(row["label"] for row in methods.values()) + " |"
     lines = [head, "|---|---|" + "---:|" * len(methods)]
     fmt = "{:+.3f}" if signed else "{:.3f}"
     for task, metric in report["tasks"].items():
-        cells = " | ".join(fmt.format(row[key][task]) for row in methods.values())
+        cells = " | ".join(
+            fmt.format(row[key][task]) + (f" ± {row[std][task]:.3f}" if std else "") for row in methods.values()
+        )
         lines.append(f"| {task} | {metric} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """Two panels: each method's per-task score; each method's per-task delta vs per-task LoRA."""
+    """Two panels: each method's per-task score (mean, std bars); each method's per-task delta vs per-task LoRA."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -108,9 +193,11 @@ def plot(report: dict, path: str | Path) -> None:
     ax = axes[0][0]
     for i, (name, row) in enumerate(methods.items()):
         offset = (i - (len(methods) - 1) / 2) * width
-        ax.bar(x + offset, [row["scores"][t] for t in tasks], width, label=row["label"], color=color[name])
+        heights = [row["scores"][t] for t in tasks]
+        errors = [row["scores_std"][t] for t in tasks]
+        ax.bar(x + offset, heights, width, yerr=errors, label=row["label"], color=color[name], capsize=2)
     ax.set_ylabel("score")
-    ax.set_title("per-task score")
+    ax.set_title("per-task score (mean over seeds, bars: std)")
     ax.set_ylim(0, 1.05)
     ax.set_xticks(x, tasks, rotation=30, ha="right")
     ax.legend(fontsize="small", ncols=len(methods))
@@ -136,3 +223,7 @@ def write_report(report: dict, out_dir: str | Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(markdown(report))
     plot(report, out / "seesaw.png")
+    if "gates" in report:
+        from cgc.gate_report import plot_heatmap  # noqa: PLC0415 - matplotlib only when there are gates
+
+        plot_heatmap(report["gates"]["own_share"], out / "gates.png")

@@ -467,6 +467,7 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
         with gathered((p for _, p in model.trainable_parameters()), zero3):
             if rank == 0:
                 model.save_adapter(out / "adapters" / "cgc")
+                write_gates(model, cfg.cgc.num_shared_experts, out / "gates.json")
                 for task in model.tasks:
                     cgc.export_peft_adapter(model, task, out / "adapters" / "peft" / task)
         if eval_status != "interrupted" and any_rank(preempted.requested):
@@ -517,6 +518,13 @@ def endless(loader):
 
 def optional_float(value) -> float | None:
     return None if value is None else float(value)
+
+
+def write_gates(model: cgc.CGCModel, num_shared: int, path: Path) -> None:
+    """gates.json: per task and adapted layer, the gate weights g_t (its cluster's shared experts, then its own):
+    what the gates learned, for the comparison report's heatmap."""
+    tasks = {t: {name: g.tolist() for name, g in model.gate(t).items()} for t in model.tasks}
+    path.write_text(json.dumps({"num_shared_experts": num_shared, "tasks": tasks}) + "\n")
 
 
 def mean_gate(model: cgc.CGCModel, task: str) -> list[float]:

@@ -6,8 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -25,6 +27,9 @@ FAST = [
     "model.quantization=none",
     "deepspeed.config=ds_configs/zero2.json",
 ]
+# compare.py's own knobs at their smallest: 2 seeds, a 2-lr grid of 2-step runs, 2 validation examples a task.
+COMPARE = ["--seeds", "2", "--lr_grid", "3e-3,1e-2", "--grid_steps", "2", "--validation_per_task", "2"]
+COMPARE += ["--eval_examples", "2"]
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:
@@ -36,15 +41,15 @@ def run(script: str, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    # The first call is cut short inside the first method (stop_after: checkpoint at step 2, then exit), as an
-    # interruption would; the second call, the same command, resumes that method and runs the other three.
-    first = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST, "train.stop_after=2")
-    second = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST)
+    # The first call is cut short in the first final run (stop_after: checkpoint at step 2, then exit), as an
+    # interruption would; the second call, the same command, resumes that run and does the rest.
+    first = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST, "train.stop_after=2")
+    second = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST)
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     return out, first, second
 
 
-def test_compare_writes_the_three_report_files_with_four_methods(compared):
+def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(compared):
     out, _, second = compared
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == list(LABELS)  # shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA
@@ -52,43 +57,73 @@ def test_compare_writes_the_three_report_files_with_four_methods(compared):
     assert budget == 4 * 15  # the tiny config's CGC: r=4, 3 clusters x (2 shared + 3 tasks x 1)
     tasks = list(report["tasks"])
     assert len(tasks) == 9 and report["tasks"]["sort_words"] == "rouge_l"
+    validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(validation) == 2 * 9
     for name, row in report["methods"].items():
-        summary = json.loads((out / name / "run_summary.json").read_text())
-        evaluation = json.loads((out / name / "eval.json").read_text())
-        assert summary["finished"] and summary["steps"] == 4
-        assert row["trainable_params"] == summary["trainable_params"] > 0
+        # The grid: one 2-step run per lr, scored on the validation split only; the best score's lr is the choice.
+        for lr in ("0.003", "0.01"):
+            grid_run = out / "grid" / name / f"lr_{lr}"
+            assert json.loads((grid_run / "run_summary.json").read_text())["steps"] == 2
+            predictions = [json.loads(line) for line in (grid_run / "eval_predictions.jsonl").read_text().splitlines()]
+            assert sorted((p["task"], p["input"]) for p in predictions) == sorted(
+                (v["task"], v["input"]) for v in validation
+            )
+            assert row["grid"][lr] == json.loads((grid_run / "eval.json").read_text())["mean"]
+        assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
+        seed_scores = []
+        for seed in (0, 1):
+            summary = json.loads((out / name / f"seed_{seed}" / "run_summary.json").read_text())
+            evaluation = json.loads((out / name / f"seed_{seed}" / "eval.json").read_text())
+            config = yaml.safe_load((out / name / f"seed_{seed}" / "config.yaml").read_text())
+            assert summary["finished"] and summary["steps"] == 4
+            assert config["seed"] == seed and config["train"]["lr"] == row["lr"]
+            assert row["trainable_params"] == summary["trainable_params"] > 0
+            seed_scores.append(evaluation["mean"])
+        assert row["seed_means"] == pytest.approx(seed_scores)
+        assert row["mean"] == pytest.approx(np.mean(seed_scores)) and row["mean_std"] == pytest.approx(
+            np.std(seed_scores, ddof=1)
+        )
         assert budget - row["experts_per_layer"] < row["total_rank"] <= budget  # matched as integer ranks allow
-        assert row["scores"] == {t: evaluation["tasks"][t]["score"] for t in tasks}
+        assert row["r"] >= 4  # no degenerate experts
         reference = report["methods"]["per_task_lora"]["scores"]
         assert row["delta_vs_per_task_lora"] == pytest.approx({t: row["scores"][t] - reference[t] for t in tasks})
         assert row["worst_drop"] == pytest.approx(max(0.0, -min(row["delta_vs_per_task_lora"].values())))
         assert f"{row['trainable_params']:,}" in second.stdout  # the parameter counts are printed before training
+    comparison = report["comparison"]
+    assert comparison["baseline"] in LABELS and comparison["baseline"] != "cgc_lora"
+    assert comparison["low"] <= comparison["difference"] <= comparison["high"]
+    # The gates: 9 tasks x 2 blocks of the tiny model, shares in [0, 1].
+    shares = report["gates"]["own_share"]
+    assert set(shares) == set(tasks) and all(len(s) == 2 and all(0 <= v <= 1 for v in s) for s in shares.values())
     markdown = (out / "report.md").read_text()
     for label in LABELS.values():
         assert f"| {label} |" in markdown
-    assert "worst drop vs per-task LoRA" in markdown and "seesaw.png" in markdown
-    png = (out / "seesaw.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    for text in ("worst drop vs per-task LoRA", "seesaw.png", "gates.png", "Gates: on average", "95 % interval"):
+        assert text in markdown
+    assert "task hidden from the input (only task-id methods can know it)" in markdown  # the demo's hidden variant
+    for image in ("seesaw.png", "gates.png"):
+        png = (out / image).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
     out, first, second = compared
     assert first.returncode != 0 and "Run the same command again to resume it" in first.stderr
     assert "resumed from" in second.stdout and "step 2" in second.stdout
-    steps = [json.loads(line)["step"] for line in (out / "shared_lora" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    metrics = (out / "shared_lora" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
     report = (out / "report.json").read_text()
     start = time.time()
-    third = run("recipes/compare.py", "--config", TINY, "--out", out, *FAST)
+    third = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert third.stdout.count("done earlier, kept") == 4 and "training 4 steps" not in third.stdout
+    assert third.stdout.count("done earlier, kept") == 4 * (2 + 2) and "steps, lr" not in third.stdout
     assert time.time() - start < 60
     assert json.loads((out / "report.json").read_text())["methods"] == json.loads(report)["methods"]
 
 
 def test_evaluate_recipe_reproduces_the_eval_phase_of_finetune(compared, tmp_path):
     out, _, _ = compared
-    run_dir = out / "cgc_lora"
+    run_dir = out / "cgc_lora" / "seed_0"
     result = run(
         "recipes/evaluate.py", "--config", TINY, "--adapter", run_dir / "adapters/cgc", "--out", tmp_path, *FAST
     )
@@ -108,7 +143,7 @@ def test_evaluate_and_export_refuse_a_missing_adapter_in_one_line(tmp_path):
 @torch.no_grad()
 def test_exported_adapters_serve_mixed_batches_with_peft_and_merged_models_match(compared, tmp_path):
     out, _, _ = compared
-    adapter = out / "cgc_lora" / "adapters" / "cgc"
+    adapter = out / "cgc_lora" / "seed_0" / "adapters" / "cgc"
     result = run(
         "recipes/export.py",
         "--config",

@@ -1,0 +1,67 @@
+"""What CGC-LoRA's gates learned: per task and transformer block, the share of the gate on the task's own
+experts (the rest is on its cluster's shared experts), read from the gates.json files finetune.py writes.
+A share near 0: the task leans on what its cluster shares; near 1: on its own experts."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_BLOCK = re.compile(r"\.(\d+)\.")  # the block index in 'model.layers.7.self_attn.q_proj'
+
+
+def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float]:
+    """gates.json contents (one per seed) -> ({task: [own-expert share per block]}, the share a uniform gate
+    gives, K / (S + K)), averaged over the block's adapted projections and over seeds. Tasks whose cluster has
+    no shared or no own experts are left out."""
+    per_task: dict[str, list[np.ndarray]] = {}
+    uniform = 0.0
+    for gates in gate_files:
+        shared = gates["num_shared_experts"]
+        for task, layers in gates["tasks"].items():
+            blocks: dict[int, list[float]] = {}
+            for order, (name, g) in enumerate(layers.items()):
+                if len(g) <= shared or shared == 0:
+                    break
+                match = _BLOCK.search(name)
+                blocks.setdefault(int(match.group(1)) if match else order, []).append(sum(g[shared:]))
+                uniform = (len(g) - shared) / len(g)
+            if blocks:
+                per_task.setdefault(task, []).append(np.array([np.mean(blocks[b]) for b in sorted(blocks)]))
+    return {task: np.mean(runs, axis=0).tolist() for task, runs in per_task.items()}, uniform
+
+
+def summary(shares: dict[str, list[float]], uniform: float) -> str:
+    """One line for report.md."""
+    means = {task: float(np.mean(s)) for task, s in shares.items()}
+    overall = float(np.mean(list(means.values())))
+    most_own = max(means, key=means.get)
+    most_shared = min(means, key=means.get)
+    first = np.mean([s[: max(1, len(s) // 3)] for s in shares.values()])
+    last = np.mean([s[-max(1, len(s) // 3) :] for s in shares.values()])
+    return (
+        f"Gates: on average {1 - overall:.0%} of each task's gate is on its cluster's shared experts and "
+        f"{overall:.0%} on its own (a uniform gate: {uniform:.0%}); most on its own experts: "
+        f"`{most_own}` ({means[most_own]:.0%}), most shared: `{most_shared}` ({means[most_shared]:.0%}); own share "
+        f"{first:.0%} in the first third of the blocks, {last:.0%} in the last third."
+    )
+
+
+def plot_heatmap(shares: dict[str, list[float]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    tasks = list(shares)
+    grid = np.array([shares[t] for t in tasks])  # (tasks, blocks)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * grid.shape[1] + 3), 0.4 * len(tasks) + 1.5))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("transformer block")
+    ax.set_title("CGC-LoRA gate weight on the task's own experts (1 − shared), mean over projections and seeds")
+    fig.colorbar(image, ax=ax, label="own-expert share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
