@@ -41,10 +41,19 @@ test-gpu: install
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" launch/local.sh 2 recipes/configs/smollm2_demo.yaml
 
-# The seesaw report on the demo: shared LoRA, per-task LoRA, MOELoRA and CGC-LoRA at a matched budget, each a
-# 2-rank run of the demo recipe (resumable: run it again after an interruption). Writes outputs/smollm2_demo/compare/.
+# The seesaw report on the demo's instruction variant (every prompt names its task): shared LoRA, per-task LoRA,
+# MOELoRA and CGC-LoRA at a matched budget, each at the lr its validation grid picks, over 3 seeds; every run is
+# a run of the demo recipe on SEESAW_NPROC ranks (resumable: run it again after an interruption). Writes
+# outputs/seesaw/. Smaller: make seesaw SEESAW_ARGS="--seeds 3 --lr_grid 1e-3,3e-3 --grid_steps 30 train.max_steps=60"
+# The task-hidden variant: make seesaw SEESAW_DATA= SEESAW_OUT=outputs/seesaw_hidden
+SEESAW_ARGS ?= --seeds 3
+SEESAW_NPROC ?= 2
+SEESAW_OUT ?= outputs/seesaw
+SEESAW_DATA ?= 'data.train_files=[recipes/data/demo/instruct_train.jsonl]' \
+	'data.eval_files=[recipes/data/demo/instruct_eval.jsonl]'
 seesaw: install
-	$(PY) recipes/compare.py --config recipes/configs/smollm2_demo.yaml --nproc 2
+	$(PY) recipes/compare.py --config recipes/configs/smollm2_demo.yaml --nproc $(SEESAW_NPROC) --out $(SEESAW_OUT) \
+		$(SEESAW_ARGS) $(SEESAW_DATA)
 
 # The same fine-tune in one plain process, without DeepSpeed.
 quick-demo: install

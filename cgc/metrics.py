@@ -114,6 +114,15 @@ class MetricSpec:
         return METRICS[self.name](predictions, references, **self.options)
 
 
+def example_scores(spec: MetricSpec, predictions: list[str], references: list[str]) -> list[float]:
+    """Each example's own score under `spec` (for intervals over examples). The task score is their mean for
+    every metric but set_f1, whose task score is a micro-F1 over all items; here each example gets its own F1."""
+    options = dict(spec.options)
+    if spec.name == "choice_accuracy" and options.get("choices") is None:
+        options["choices"] = references  # the task's distinct references, as the task score takes them
+    return [METRICS[spec.name]([p], [r], **options) for p, r in zip(predictions, references, strict=True)]
+
+
 def parse_metric(value, where: str) -> MetricSpec:
     """A YAML value -> MetricSpec: `rouge_l`, or `{name: choice_accuracy, choices: [yes, no]}`.
     Raises ValueError naming `where` (e.g. "eval.metrics.nli") and what is known."""

@@ -118,7 +118,7 @@ def markdown(report: dict) -> str:
     ]
     for row in methods.values():
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
-        lr = f"{row['lr']:.0e}" if "lr" in row else "config"
+        lr = f"{row['lr']:g}" if "lr" in row else "config"
         lines.append(
             f"| {row['label']} | {row['r']} | {row['experts_per_layer']} | {row['trainable_params']:,} | {lr} "
             f"| {row['mean']:.3f} ± {row['mean_std']:.3f} | {row['mean_exact_match']:.3f} |{drop}"

@@ -39,7 +39,7 @@ from cgc import gate_report
 from cgc.base_model import load_recipe_model
 from cgc.data import DataError, check_tasks, load_examples
 from cgc.distributed import error_exit, free_port
-from cgc.metrics import task_metrics
+from cgc.metrics import example_scores, task_metrics
 from cgc.presets import matched_budget, smallest_budget, total_rank
 from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.report import LABELS, OURS, best_baseline, build_report, inputs_note, verdict, write_report
@@ -47,6 +47,9 @@ from cgc.stats import paired_bootstrap
 from cgc.validation_split import carve_validation, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
+# Keys that change how a run is carried out, not what it computes: a re-run may change them (e.g. drop stop_after).
+HOW_IT_RUNS = {"train.stop_after", "train.save_every", "train.keep_last", "train.log_every", "train.threads_per_rank",
+               "eval.batch_size", "resume", "overwrite"}  # fmt: skip
 FINETUNE = ROOT / "recipes" / "finetune.py"
 
 
@@ -72,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.validation_files:
             validation = checked_rows(args.validation_files.split(","), d.format, d.task_field, task_map)
             refuse_overlap(validation, evaluation, train)
-        else:
+        elif len(grid) > 1:
             train, validation = carve_validation(train, evaluation, args.validation_per_task, cfg.seed)
+        else:
+            validation = []  # one lr: nothing to choose, so every training example trains
         missing = sorted(set(task_map.tasks) - {row["task"] for row in train})
         if missing:
             raise DataError(f"no training examples left for {missing} once the validation split is taken out")
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, ValueError) as err:
         error_exit(str(err))
     out = Path(args.out or Path(cfg.output_dir) / "compare")
+    check_split_record(out / "data" / "split.json", split_record(cfg, args))
+    without = sorted(set(task_map.tasks) - {row["task"] for row in validation})
+    if without and len(grid) > 1:
+        print(f"warning: no validation examples for {without}: they take no part in the lr choice", file=sys.stderr)
     files = {
         "train": write_rows(out / "data" / "train.jsonl", train),
         "validation": write_rows(out / "data" / "validation.jsonl", validation),
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "budget_rank": budget,
         "budget_asked": asked,
         "min_rank": args.min_rank,
-        "examples_per_task": args.eval_examples,
+        "examples_per_task": examples_per_task(finals),
         "seeds": args.seeds,
         "seed_values": seeds,
         "inputs": inputs_note(train + validation, evaluation),
@@ -160,11 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     metrics = task_metrics(task_map.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     baseline = best_baseline(report["methods"])
     if OURS in methods and baseline is not None:
-        ours, theirs = (per_example_scores(finals[name], metrics) for name in (OURS, baseline))
+        (ours, our_order), (theirs, their_order) = (per_example_scores(finals[n], metrics) for n in (OURS, baseline))
+        if our_order != their_order:
+            error_exit(f"{LABELS[OURS]} and {LABELS[baseline]} were scored on different eval examples")
         interval = paired_bootstrap(ours, theirs)
         report["comparison"] = {"baseline": baseline, "baseline_label": LABELS[baseline], **interval}
         print(verdict(report["comparison"]))
-    gate_files = [json.loads((d / "gates.json").read_text()) for d in finals.get(OURS, [])]
+    gate_files = [
+        json.loads((d / "gates.json").read_text()) for d in finals.get(OURS, []) if (d / "gates.json").is_file()
+    ]
     shares, uniform = gate_report.own_share(gate_files) if gate_files else ({}, 0.0)
     if shares:
         line = gate_report.summary(shares, uniform)
@@ -201,7 +214,7 @@ def parse_grid(text: str) -> list[float]:
         raise ConfigError(f"--lr_grid: comma-separated learning rates, got {text!r}") from None
     if not grid or min(grid) <= 0:
         raise ConfigError(f"--lr_grid: positive learning rates, got {text!r}")
-    return grid
+    return list(dict.fromkeys(grid))  # each lr once, in the order given
 
 
 def checked_rows(files, format: str, task_field: str | None, task_map) -> list[dict]:
@@ -223,6 +236,24 @@ def refuse_overlap(validation: list[dict], evaluation: list[dict], train: list[d
             )
 
 
+def split_record(cfg: RecipeConfig, args) -> dict:
+    """What decides the data files under <out>/data: a re-run with other values would mix two splits."""
+    d = cfg.data
+    return {"train_files": d.train_files, "eval_files": d.eval_files, "format": d.format, "task_field": d.task_field,
+            "seed": cfg.seed, "validation_per_task": args.validation_per_task,
+            "validation_files": args.validation_files}  # fmt: skip
+
+
+def check_split_record(path: Path, record: dict) -> None:
+    if path.is_file() and json.loads(path.read_text()) != record:
+        error_exit(
+            f"{path.parent} holds a split made with other data settings ({json.loads(path.read_text())}); its runs "
+            "were trained on it: use another --out, or remove that directory to start over"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     """The same rows give the same file: a re-run after an interruption trains on what it trained on."""
     write_jsonl(path, rows)
@@ -235,12 +266,13 @@ def run_settings(args, lr: float, gate_ratio: float, seed: int, steps: int, eval
 
 
 def train_and_score(args, cfg, method: cgc.CGCLoraConfig, run_dir: Path, train_file, settings, label: str) -> dict:
-    """One finetune.py run (kept when finished, resumed when interrupted) -> its eval.json."""
+    """One finetune.py run (kept when finished, resumed when interrupted) -> its eval.json. A run made with other
+    settings (another grid, steps, eval size ...) is refused, never reused."""
+    config_path = write_run_config(cfg, method, run_dir, train_file, settings)
     if is_done(run_dir):
         print(f"\n{label}: done earlier, kept", flush=True)
     else:
         print(f"\n{label}: {settings['max_steps']} steps, lr {settings['lr']:g}, seed {settings['seed']}", flush=True)
-        config_path = write_run_config(cfg, method, run_dir, train_file, settings)
         code = run_to_end(launcher(args.nproc) + [str(FINETUNE), "--config", str(config_path)])
         if code != 0 or not is_done(run_dir):
             why = f"failed (exit code {code})" if code else "stopped before the end (interrupted)"
@@ -272,10 +304,32 @@ def write_run_config(cfg: RecipeConfig, method: cgc.CGCLoraConfig, run_dir: Path
     raw["eval"]["max_examples_per_task"] = settings["eval_examples"]
     raw.update(output_dir=str(run_dir.resolve()), resume="latest")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    load_recipe_config(path, [])
+    path = run_dir / "config.yaml"  # finetune.py rewrites it resolved (defaults filled in): compare resolved
+    previous = load_recipe_config(path, []).to_dict() if path.is_file() else None
+    draft = run_dir / ".config.next.yaml"
+    draft.write_text(yaml.safe_dump(raw, sort_keys=False))
+    wanted = load_recipe_config(draft, []).to_dict()
+    now, before = flat(wanted), flat(previous or {})
+    refused = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k) and k not in HOW_IT_RUNS)
+    if previous is not None and refused:
+        draft.unlink()
+        error_exit(
+            f"{run_dir} was made with other settings ({', '.join(refused)} differ): use another --out, or remove "
+            "that run to redo it"
+        )
+    draft.replace(path)
     return path
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            items |= flat(value, f"{prefix}{key}.")
+        else:
+            items[prefix + key] = json.dumps(value)
+    return items
 
 
 def method_shape(config: cgc.CGCLoraConfig) -> dict:
@@ -300,9 +354,9 @@ def read_run(run_dir: Path) -> dict:
             "summary": json.loads((run_dir / "run_summary.json").read_text())}  # fmt: skip
 
 
-def per_example_scores(run_dirs: list[Path], metrics: dict) -> dict[str, np.ndarray]:
-    """{task: (seeds, examples) scores of each eval answer}, from each run's eval_predictions.jsonl (the same
-    examples in the same order in every run: checked)."""
+def per_example_scores(run_dirs: list[Path], metrics: dict) -> tuple[dict[str, np.ndarray], list]:
+    """({task: (seeds, examples) scores of each eval answer}, the examples' (task, input) order), from each run's
+    eval_predictions.jsonl (the same examples in the same order in every run: checked)."""
     per_seed, order = [], None
     for run_dir in run_dirs:
         rows = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
@@ -310,11 +364,19 @@ def per_example_scores(run_dirs: list[Path], metrics: dict) -> dict[str, np.ndar
         if order is not None and keys != order:
             raise RuntimeError(f"{run_dir}: its eval examples differ from the other runs'; cannot pair them")
         order = keys
-        scores: dict[str, list[float]] = {}
-        for r in rows:
-            scores.setdefault(r["task"], []).append(metrics[r["task"]]([r["prediction"]], [r["target"]]))
+        scores = {}
+        for task in dict.fromkeys(r["task"] for r in rows):
+            mine = [r for r in rows if r["task"] == task]
+            scores[task] = example_scores(metrics[task], [r["prediction"] for r in mine], [r["target"] for r in mine])
         per_seed.append(scores)
-    return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}
+    return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
+
+
+def examples_per_task(finals: dict[str, list[Path]]) -> str:
+    """The eval examples each task actually had (fewer than --eval_examples where the data has fewer)."""
+    first = json.loads((next(iter(finals.values()))[0] / "eval.json").read_text())["tasks"]
+    counts = sorted({r["n"] for r in first.values()})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
 def tuning_note(grid, grid_steps, validation, args, gate_ratio, seed) -> str:

@@ -7,6 +7,7 @@ from cgc.metrics import (
     UnicodeWordTokenizer,
     choice_accuracy,
     exact_match,
+    example_scores,
     parse_metric,
     pick_choice,
     rouge_l,
@@ -81,3 +82,15 @@ def test_parse_metric_and_task_metrics():
     assert metrics == {"a": MetricSpec("exact_match"), "b": MetricSpec("set_f1")}
     with pytest.raises(ValueError, match=r"in no cluster: \['zz'\]"):
         task_metrics(["a", "b"], "exact_match", {"zz": "set_f1"})
+
+
+def test_example_scores_average_to_the_task_score_except_set_f1_micro_averaging():
+    predictions = ["the answer is not sure", "sure", "YES", "no idea", "a, b", "c"]
+    references = ["not sure", "sure", "yes", "no", "a, b", "c, d"]
+    for name in ("exact_match", "choice_accuracy", "rouge_l"):
+        spec = MetricSpec(name)
+        scores = example_scores(spec, predictions, references)
+        assert len(scores) == 6 and sum(scores) / 6 == pytest.approx(spec(predictions, references)), name
+    # choice_accuracy judges one answer against all of the task's choices: "not sure" is not read as "sure".
+    assert example_scores(MetricSpec("choice_accuracy"), predictions, references)[:2] == [1.0, 1.0]
+    assert example_scores(MetricSpec("set_f1"), ["a, b", "c"], ["a, b", "c, d"]) == pytest.approx([1.0, 2 / 3])

@@ -56,7 +56,7 @@ def test_means_stds_deltas_and_worst_drop_over_seeds():
     assert report["methods"]["per_task_lora"]["worst_drop"] == 0.0
     assert best_baseline(report["methods"]) == "per_task_lora"  # 0.6 beats shared LoRA's 0.5
     text = markdown(report)
-    assert "| LoRA (shared) | 8 | 15 | 1,000 | 1e-03 | 0.500 ± 0.047 | 0.500 | 0.600 |" in text
+    assert "| LoRA (shared) | 8 | 15 | 1,000 | 0.001 | 0.500 ± 0.047 | 0.500 | 0.600 |" in text
     assert "| uppercase | exact_match | -0.600 | +0.000 | -0.100 |" in text
     assert "| add | exact_match | 0.800 ± 0.141 |" in text
     assert "| LoRA (shared) | 0.400 | 0.300 | 0.001 |" in text  # the grid table

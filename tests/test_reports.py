@@ -114,11 +114,29 @@ def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
     assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
     report = (out / "report.json").read_text()
     start = time.time()
-    third = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST)
+    # The same grid spelled another way (a repeated lr counts once): every run is kept.
+    same = [arg if arg != "3e-3,1e-2" else "0.003,3e-3,1e-2" for arg in COMPARE]
+    third = run("recipes/compare.py", "--config", TINY, "--out", out, *same, *FAST)
     assert third.returncode == 0, third.stderr[-2000:]
     assert third.stdout.count("done earlier, kept") == 4 * (2 + 2) and "steps, lr" not in third.stdout
     assert time.time() - start < 60
     assert json.loads((out / "report.json").read_text())["methods"] == json.loads(report)["methods"]
+
+
+def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_runs(compared):
+    out, _, _ = compared
+    before = (out / "report.json").read_text()
+    result = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, "--grid_steps", "3", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert (
+        "grid/shared_lora/lr_0.003 was made with other settings (train.max_steps, train.warmup_steps differ)"
+        in result.stderr
+    )
+    other_split = [*COMPARE, "--validation_per_task", "3"]
+    result = run("recipes/compare.py", "--config", TINY, "--out", out, *other_split, *FAST)
+    assert result.returncode == 2 and "holds a split made with other data settings" in result.stderr
+    assert len((out / "data" / "validation.jsonl").read_text().splitlines()) == 2 * 9  # left as it was
+    assert (out / "report.json").read_text() == before
 
 
 def test_evaluate_recipe_reproduces_the_eval_phase_of_finetune(compared, tmp_path):

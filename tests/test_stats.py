@@ -52,8 +52,23 @@ def test_seeds_that_disagree_widen_the_interval():
     assert (spread["high"] - spread["low"]) > (steady["high"] - steady["low"])
 
 
+def test_a_seed_moves_every_task_together_so_it_is_drawn_once_for_all_tasks():
+    # 9 tasks, 3 seeds; the difference is +0.3 on seed 0 and -0.1 on the others, on every task and example.
+    # Resampling the 3 seeds: P(all three draws are seed 0) = 1/27 > 2.5 % and P(none) = 8/27, so the interval
+    # runs from -0.1 to +0.3. Drawing seeds per task would average 9 draws and give a far narrower interval.
+    effect = np.array([0.3, -0.1, -0.1])[:, None]
+    ours = {f"t{i}": np.tile(effect, (1, 50)) for i in range(9)}
+    zeros = {task: np.zeros((3, 50)) for task in ours}
+    result = paired_bootstrap(ours, zeros, resamples=4000)
+    assert result["difference"] == pytest.approx(1 / 30)
+    assert result["low"] == pytest.approx(-0.1) and result["high"] == pytest.approx(0.3)
+    assert not result["significant"]
+
+
 def test_unpaired_shapes_are_refused():
     with pytest.raises(ValueError, match="same tasks"):
         paired_bootstrap({"a": np.ones((1, 3))}, {"b": np.ones((1, 3))})
     with pytest.raises(ValueError, match="same shape"):
         paired_bootstrap({"a": np.ones((1, 3))}, {"a": np.ones((3, 3))})
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_bootstrap({"a": np.ones((1, 3)), "b": np.ones((2, 3))}, {"a": np.ones((1, 3)), "b": np.ones((2, 3))})
