@@ -241,7 +241,8 @@ def split_record(cfg: RecipeConfig, args) -> dict:
     d = cfg.data
     return {"train_files": d.train_files, "eval_files": d.eval_files, "format": d.format, "task_field": d.task_field,
             "seed": cfg.seed, "validation_per_task": args.validation_per_task,
-            "validation_files": args.validation_files}  # fmt: skip
+            "validation_files": args.validation_files,
+            "carved": not args.validation_files and len(parse_grid(args.lr_grid)) > 1}  # fmt: skip
 
 
 def check_split_record(path: Path, record: dict) -> None:
