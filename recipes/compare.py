@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         d = cfg.data
         evaluation = checked_rows(d.eval_files, d.format, d.task_field, task_map)
         train = checked_rows(d.train_files, d.format, d.task_field, task_map)
+        carve = not args.validation_files and len(grid) > 1  # one lr: nothing to choose, nothing to carve
         if args.validation_files:
             validation = checked_rows(args.validation_files.split(","), d.format, d.task_field, task_map)
             refuse_overlap(validation, evaluation, train)
-        elif len(grid) > 1:
+        elif carve:
             train, validation = carve_validation(train, evaluation, args.validation_per_task, cfg.seed)
         else:
             validation = []  # one lr: nothing to choose, so every training example trains
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, ValueError) as err:
         error_exit(str(err))
     out = Path(args.out or Path(cfg.output_dir) / "compare")
-    check_split_record(out / "data" / "split.json", split_record(cfg, args))
+    check_split_record(out / "data" / "split.json", split_record(cfg, args, carve))
     without = sorted(set(task_map.tasks) - {row["task"] for row in validation})
     if without and len(grid) > 1:
         print(f"warning: no validation examples for {without}: they take no part in the lr choice", file=sys.stderr)
@@ -236,13 +237,13 @@ def refuse_overlap(validation: list[dict], evaluation: list[dict], train: list[d
             )
 
 
-def split_record(cfg: RecipeConfig, args) -> dict:
+def split_record(cfg: RecipeConfig, args, carved: bool) -> dict:
     """What decides the data files under <out>/data: a re-run with other values would mix two splits."""
     d = cfg.data
     return {"train_files": d.train_files, "eval_files": d.eval_files, "format": d.format, "task_field": d.task_field,
             "seed": cfg.seed, "validation_per_task": args.validation_per_task,
             "validation_files": args.validation_files,
-            "carved": not args.validation_files and len(parse_grid(args.lr_grid)) > 1}  # fmt: skip
+            "carved": carved}  # fmt: skip
 
 
 def check_split_record(path: Path, record: dict) -> None:
