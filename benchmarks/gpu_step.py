@@ -24,7 +24,7 @@ import json
 
 import torch
 
-from cgc.base_model import load_recipe_model
+from cgc.models.base_model import load_recipe_model
 
 from timing import demo_cgc, machine, make_step, peft_lora, randomize, time_alternately
 

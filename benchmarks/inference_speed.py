@@ -26,11 +26,11 @@ import torch
 from peft import PeftModel
 
 import cgc
-from cgc.base_model import load_base_model
 from cgc.data import load_examples
+from cgc.data.tokenization import MultiTaskCollator, prompt_token_ids
 from cgc.evaluation import pick_examples
-from cgc.tiny import char_tokenizer, tiny_model
-from cgc.tokenization import MultiTaskCollator, prompt_token_ids
+from cgc.models.base_model import load_base_model
+from cgc.models.tiny import char_tokenizer, tiny_model
 
 from timing import ALL_PROJECTIONS, DEMO, DEMO_CLUSTERS, machine, randomize, time_alternately
 

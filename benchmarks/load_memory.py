@@ -4,7 +4,7 @@
     python benchmarks/load_memory.py --model random-llama-1b --quantizations none
 
 Each load runs in a fresh process; the figure is that process's peak RSS (`ru_maxrss`) after
-`cgc.base_model.load_recipe_model`, and the same for a process that only imports what loading needs (the floor).
+`cgc.models.base_model.load_recipe_model`, and the same for a process that only imports what loading needs (the floor).
 The GGUF -> NF4 path de-quantizes the GGUF file, writes a float checkpoint and loads it through bitsandbytes.
 """
 
@@ -19,7 +19,7 @@ import time
 CHILD = """
 import resource, sys, time
 import torch, transformers
-from cgc.base_model import load_recipe_model
+from cgc.models.base_model import load_recipe_model
 start = time.time()
 if sys.argv[2] != "floor":
     load_recipe_model(sys.argv[1], None, sys.argv[2], "float32")

@@ -113,13 +113,15 @@ def run_variant(variant: str, args, overrides: list[str], out: Path) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         done = subprocess.run([sys.executable, *recipe], cwd=ROOT, capture_output=True, text=True, env=env)
     else:
-        from cgc.distributed import free_port
+        from cgc.training.distributed import free_port
 
         launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2"]
         launcher += ["--master_port", str(free_port())]
         done = subprocess.run([*launcher, *recipe], cwd=ROOT, capture_output=True, text=True)
     check(done, variant)
-    summary = json.loads((out / "run_summary.json").read_text())
+    from cgc.training.run_dir import RunDir
+
+    summary = json.loads(RunDir(out).summary.read_text())
     shutil.rmtree(out, ignore_errors=True)
     real, padding = summary["tokens_per_s"], summary.get("padding_fraction")  # absent before cgc reported it
     return {
@@ -135,7 +137,7 @@ def long_tailed_copy(config_path: str, overrides: list[str], scratch: Path) -> P
     few, some many), as real instruction data varies in length."""
     import numpy as np
 
-    from cgc.recipe_config import load_recipe_config
+    from cgc.recipe.config import load_recipe_config
 
     cfg = load_recipe_config(config_path, overrides)
     rng = np.random.default_rng(0)
@@ -160,11 +162,11 @@ def peft_loop(config_path: str, overrides: list[str], steps: int, batch: int) ->
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from cgc.base_model import load_base_model
     from cgc.data import load_examples
-    from cgc.recipe_config import load_recipe_config
-    from cgc.sampler import ClusterAwareBatchSampler
-    from cgc.tokenization import MultiTaskCollator, tokenize_dataset
+    from cgc.data.sampler import ClusterAwareBatchSampler
+    from cgc.data.tokenization import MultiTaskCollator, tokenize_dataset
+    from cgc.models.base_model import load_base_model
+    from cgc.recipe.config import load_recipe_config
 
     cfg = load_recipe_config(config_path, overrides)
     torch.manual_seed(cfg.seed)

@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 
 import cgc
-from cgc.base_model import load_base_model
-from cgc.config import CONFIG_NAME
+from cgc.adapter.config import CONFIG_NAME
 from cgc.data import load_examples
-from cgc.distributed import free_port
-from cgc.recipe_config import load_recipe_config
+from cgc.data.tokenization import MultiTaskCollator, chat_messages, prompt_token_ids
+from cgc.models.base_model import load_base_model
+from cgc.recipe.config import load_recipe_config
 from cgc.serving import BASE_MODEL_NAME, stop_server, wait_until_answering
-from cgc.tokenization import MultiTaskCollator, chat_messages, prompt_token_ids
+from cgc.training.distributed import free_port
+from cgc.training.run_dir import RunDir
 
 from timing import machine
 
@@ -57,14 +58,14 @@ def main():
     requests = [rows[rng.randrange(len(rows))] for _ in range(args.requests)]  # tasks in a shuffled mix
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(cfg.output_dir)
-        trained = (run_dir / "adapters" / "cgc" / CONFIG_NAME).is_file()
+        trained = (RunDir(run_dir).cgc_adapter / CONFIG_NAME).is_file()
         if not trained:
             run_dir = Path(scratch) / "run"
-            random_adapter(cfg, run_dir / "adapters" / "cgc")
+            random_adapter(cfg, RunDir(run_dir).cgc_adapter)
         results = {
             "vllm_all_tasks": load_test(serve_run(args.config, run_dir), requests, cfg, args, by_task=True),
             "vllm_base_alone": load_test(serve_base(run_dir), requests, cfg, args, by_task=False),
-            "cgc_generate_mixed": cgc_generate(cfg, run_dir / "adapters" / "cgc", requests, args),
+            "cgc_generate_mixed": cgc_generate(cfg, RunDir(run_dir).cgc_adapter, requests, args),
         }
     report = {
         "benchmark": "serving_speed",
@@ -122,7 +123,7 @@ def serve_run(config: str, run_dir: Path) -> Server:
 def serve_base(run_dir: Path) -> Server:
     """The same base directory recipes/serve.py wrote, without LoRA."""
     port = free_port()
-    base = run_dir / "serving" / "base"
+    base = RunDir(run_dir).serving_base
     command = [str(SERVING_PYTHON), "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(base)]
     command += ["--served-model-name", BASE_MODEL_NAME, "--dtype", "float32", "--host", "127.0.0.1"]
     command += ["--kv-cache-memory-bytes", str(2 * 2**30)]  # as recipes/serve.py on CPU

@@ -6,7 +6,7 @@
 
 CGC-LoRA: the demo's shape (3 clusters x 3 tasks, S=2, K=1, r=8 on all 7 projections); the batch holds one
 cluster with its three tasks mixed, as the cluster-aware sampler gives it. Against PEFT LoRA on the same frozen
-model at two ranks: (S+K)*r = 24, the rank each task sees (the DESIGN's speed target, ratio <= 1.10), and
+model at two ranks: (S+K)*r = 24, the rank each task sees (the speed target: ratio <= 1.10), and
 (S+K*3)*r = 40, the total rank of the cluster the step touches (equal total rank). A step is forward + backward
 + AdamW. Times are interleaved medians in one process. Peak memory: on a GPU, the peak allocated during the
 steps above what the model held before; on CPU each variant runs in a fresh process and reports its peak RSS
@@ -22,8 +22,8 @@ import sys
 
 import torch
 
-from cgc.base_model import load_base_model
-from cgc.tiny import tiny_model
+from cgc.models.base_model import load_base_model
+from cgc.models.tiny import tiny_model
 
 from timing import demo_cgc, machine, make_step, peft_lora, randomize, time_alternately
 

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cgc.distributed import free_port
+from cgc.training.distributed import free_port
+from cgc.training.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
@@ -46,7 +47,7 @@ def run_cell(model: str, world: int, quantization: str, out: Path) -> dict:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"run failed ({model}, world {world}, {quantization}):\n{(result.stdout + result.stderr)[-3000:]}")
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = json.loads(RunDir(out).summary.read_text())
     return {
         "world_size": world,
         "quantization": quantization,

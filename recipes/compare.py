@@ -1,6 +1,6 @@
 """The seesaw report: shared LoRA, per-task LoRA, MOELoRA and CGC-LoRA trained and evaluated on the same data,
-for the same steps, at a matched trainable-parameter budget (DESIGN §1; `cgc.presets.matched_budget`), each
-at the learning rate its own validation grid picked, over several seeds.
+for the same steps, at a matched trainable-parameter budget (`cgc.presets.matched_budget`: the same total expert
+rank per adapted layer), each at the learning rate its own validation grid picked, over several seeds.
 
     make seesaw   # the demo's instruction variant, 3 seeds, the default grid (the command is in the Makefile)
     python recipes/compare.py --config recipes/configs/tiny_cpu.yaml --seeds 2 --lr_grid 1e-3,3e-3 train.max_steps=8
@@ -27,36 +27,77 @@ import argparse
 import copy
 import json
 import shlex
-import subprocess
 import sys
+from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import cgc
-from cgc import gate_report
-from cgc.base_model import load_recipe_model
-from cgc.data import DataError, check_tasks, load_examples
-from cgc.distributed import error_exit, free_port
-from cgc.metrics import example_scores, task_metrics
-from cgc.presets import matched_budget, smallest_budget, total_rank
-from cgc.recipe_config import ConfigError, RecipeConfig, load_recipe_config
-from cgc.report import LABELS, OURS, best_baseline, build_report, inputs_note, verdict, write_report
-from cgc.stats import paired_bootstrap
-from cgc.validation_split import carve_validation, write_jsonl
+from cgc.adapter.presets import matched_budget, method_shape, smallest_budget, total_rank
+from cgc.analysis import gate_report
+from cgc.analysis import report as seesaw
+from cgc.analysis.report import LABELS, OURS
+from cgc.analysis.stats import paired_bootstrap
+from cgc.data import DataError, load_task_examples
+from cgc.data.validation_split import carve_validation, check_disjoint, write_jsonl
+from cgc.evaluation import task_metrics
+from cgc.models import load_recipe_model
+from cgc.recipe import ConfigError, RecipeConfig, error_exit, load_recipe_config
+from cgc.recipe.child_runs import is_done, launcher, run_to_end, write_run_config
+from cgc.training.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-# Keys that change how a run is carried out, not what it computes: a re-run may change them (e.g. drop stop_after).
-HOW_IT_RUNS = {"train.stop_after", "train.save_every", "train.keep_last", "train.log_every", "train.threads_per_rank",
-               "eval.batch_size", "resume", "overwrite"}  # fmt: skip
 FINETUNE = ROOT / "recipes" / "finetune.py"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    plan = make_plan(args)  # config, data split and the method configs: checked before anything trains
+    print_budget(plan)
+    chosen = tune_learning_rates(plan)  # 1. the lr of each method, from its validation score
+    finals = final_runs(plan, chosen)  # 2. every method at its lr, every seed, scored on the eval files
+    report = seesaw_report(plan, chosen, finals, sys.argv[1:] if argv is None else argv)  # 3. the report
+    seesaw.write_report(report, plan.out)
+    written = ["report.md", "report.json", "seesaw.png"] + (["gates.png"] if "gates" in report else [])
+    print(f"\n{(plan.out / 'report.md').read_text()}\nwritten: {', '.join(str(plan.out / n) for n in written)}")
 
-    # ---- config, data and the method configs: checked before anything trains ----------------------------
+
+# ==== the phases, in the order main() runs them ================================================================
+
+
+@dataclass
+class Plan:
+    """What the comparison runs, decided and checked before any training."""
+
+    args: argparse.Namespace
+    cfg: RecipeConfig
+    methods: list[str]
+    grid: list[float]  # the learning rates tried per method (one: no grid)
+    presets: dict[str, cgc.CGCLoraConfig]  # method -> its configuration at the matched budget
+    budget: int  # total expert rank per adapted layer
+    asked: int  # the budget asked for (raised to `budget` when too small for min_rank)
+    rows: dict[str, list[dict]]  # "train", "validation", "eval" -> examples
+    files: dict[str, Path]  # the same, written under <out>/data
+    out: Path
+    runs: count  # numbers the runs as they start
+
+    @property
+    def gate_ratio(self) -> float:
+        return self.cfg.train.gate_lr / self.cfg.train.lr
+
+    @property
+    def grid_steps(self) -> int:
+        return self.args.grid_steps or max(1, self.cfg.train.max_steps // 2)
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.methods) * ((len(self.grid) if len(self.grid) > 1 else 0) + self.args.seeds)
+
+
+def make_plan(args) -> Plan:
+    """Config, data (the validation split carved or read) and each method's config; bad input exits 2."""
     try:
         cfg = load_recipe_config(args.config, args.overrides)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -68,22 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError("--seeds, --eval_examples, --validation_per_task and --min_rank must be >= 1")
         if not cfg.data.eval_files:
             raise ConfigError("the report needs held-out examples: set data.eval_files")
-        task_map = cfg.cgc.task_map
-        d = cfg.data
-        evaluation = checked_rows(d.eval_files, d.format, d.task_field, task_map)
-        train = checked_rows(d.train_files, d.format, d.task_field, task_map)
         carve = not args.validation_files and len(grid) > 1  # one lr: nothing to choose, nothing to carve
-        if args.validation_files:
-            validation = checked_rows(args.validation_files.split(","), d.format, d.task_field, task_map)
-            refuse_overlap(validation, evaluation, train)
-        elif carve:
-            train, validation = carve_validation(train, evaluation, args.validation_per_task, cfg.seed)
-        else:
-            validation = []  # one lr: nothing to choose, so every training example trains
-        missing = sorted(set(task_map.tasks) - {row["task"] for row in train})
-        if missing:
-            raise DataError(f"no training examples left for {missing} once the validation split is taken out")
-        task_metrics(task_map.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+        rows = split_data(cfg, args, carve)
         base = cfg.cgc
         asked = args.budget_rank or total_rank(base)
         shape = (base.num_shared_experts, base.num_task_experts, args.moe_experts)
@@ -91,101 +118,112 @@ def main(argv: list[str] | None = None) -> None:
         presets = matched_budget(
             base.clusters, asked, *shape, args.min_rank, target_modules=base.target_modules, dropout=base.dropout
         )
-    except (ConfigError, DataError, ValueError) as err:
+        out = Path(args.out or Path(cfg.output_dir) / "compare")
+        check_split_record(out / "data" / "split.json", split_record(cfg, args, carve))
+    except ValueError as err:  # cgc.CGCError included
         error_exit(str(err))
-    out = Path(args.out or Path(cfg.output_dir) / "compare")
-    check_split_record(out / "data" / "split.json", split_record(cfg, args, carve))
-    without = sorted(set(task_map.tasks) - {row["task"] for row in validation})
+    without = sorted(set(cfg.cgc.tasks) - {row["task"] for row in rows["validation"]})
     if without and len(grid) > 1:
         print(f"warning: no validation examples for {without}: they take no part in the lr choice", file=sys.stderr)
-    files = {
-        "train": write_rows(out / "data" / "train.jsonl", train),
-        "validation": write_rows(out / "data" / "validation.jsonl", validation),
-        "eval": write_rows(out / "data" / "eval.jsonl", evaluation),
-    }
-    gate_ratio = cfg.train.gate_lr / cfg.train.lr
+    # The same rows give the same files: a re-run after an interruption trains on what it trained on.
+    files = {name: write_jsonl(out / "data" / f"{name}.jsonl", part) for name, part in rows.items()}
+    return Plan(args, cfg, methods, grid, presets, budget, asked, rows, files, out, count(1))
 
-    # ---- the budget each method got, before spending time on training -----------------------------------
-    shapes = {m: method_shape(presets[m]) for m in methods}
-    params = trainable_counts(cfg, {m: presets[m] for m in methods})
-    raised = f" (raised from {asked}: no expert gets a rank below {args.min_rank})" if budget > asked else ""
-    print(f"matched budget: {budget} total expert rank per adapted layer{raised}")
+
+def print_budget(plan: Plan) -> None:
+    """The budget each method got, before spending time on training."""
+    params = trainable_counts(plan.cfg, {m: plan.presets[m] for m in plan.methods})
+    raised = f" (raised from {plan.asked}: no expert gets a rank below {plan.args.min_rank})"
+    raised = raised if plan.budget > plan.asked else ""
+    print(f"matched budget: {plan.budget} total expert rank per adapted layer{raised}")
     print(f"  {'method':<16}{'r':>5}{'experts':>9}{'total rank':>12}{'trainable params':>19}")
-    for m in methods:
-        s = shapes[m]
+    for m in plan.methods:
+        s = method_shape(plan.presets[m])
         print(f"  {LABELS[m]:<16}{s['r']:>5}{s['experts_per_layer']:>9}{s['total_rank']:>12}{params[m]:>19,}")
-    sizes = f"{len(train)} training, {len(validation)} validation, {len(evaluation)} eval examples"
-    print(f"data: {sizes} ({out / 'data'})")
+    n = {name: len(rows) for name, rows in plan.rows.items()}
+    sizes = f"{n['train']} training, {n['validation']} validation, {n['eval']} eval examples"
+    print(f"data: {sizes} ({plan.out / 'data'})")
 
-    # ---- 1. the learning rate of each method, from its validation score --------------------------------
-    grid_steps = args.grid_steps or max(1, cfg.train.max_steps // 2)
-    total = len(methods) * ((len(grid) if len(grid) > 1 else 0) + args.seeds)
-    counter = iter(range(1, total + 1))
-    chosen: dict[str, dict] = {}
-    for m in methods:
+
+def tune_learning_rates(plan: Plan) -> dict[str, dict]:
+    """Per method: a grid_steps run at each lr of the grid, scored on validation; the best mean wins (a tie: the
+    first listed). -> method -> {"lr", "gate_lr", "grid": {lr: score}}"""
+    chosen = {}
+    for m in plan.methods:
         scores = {}
-        for lr in grid if len(grid) > 1 else []:
-            run_dir = out / "grid" / m / f"lr_{lr:g}"
-            settings = run_settings(args, lr, gate_ratio, cfg.seed, grid_steps, files["validation"], len(validation))
-            label = f"[{next(counter)}/{total}] {LABELS[m]}, grid lr {lr:g}"
-            result = train_and_score(args, cfg, presets[m], run_dir, files["train"], settings, label)
-            scores[f"{lr:g}"] = result["mean"]
-        lr = grid[int(np.argmax(list(scores.values())))] if scores else grid[0]
-        chosen[m] = {"lr": lr, "gate_lr": args.gate_lr or lr * gate_ratio, **({"grid": scores} if scores else {})}
+        for lr in plan.grid if len(plan.grid) > 1 else []:
+            n_validation = len(plan.rows["validation"])
+            settings = run_settings(plan, lr, plan.cfg.seed, plan.grid_steps, plan.files["validation"], n_validation)
+            label = f"{LABELS[m]}, grid lr {lr:g}"
+            scores[f"{lr:g}"] = train_and_score(plan, m, plan.out / "grid" / m / f"lr_{lr:g}", settings, label)["mean"]
+        lr = plan.grid[int(np.argmax(list(scores.values())))] if scores else plan.grid[0]
+        chosen[m] = {"lr": lr, "gate_lr": gate_lr(plan, lr), **({"grid": scores} if scores else {})}
         if scores:
             print(f"{LABELS[m]}: validation scores {scores} -> lr {lr:g}", flush=True)
+    return chosen
 
-    # ---- 2. the final runs: every method at its lr, every seed, scored on the eval files ----------------
-    seeds = [cfg.seed + i for i in range(args.seeds)]
+
+def final_runs(plan: Plan, chosen: dict[str, dict]) -> dict[str, list[Path]]:
+    """Every method at its chosen lr, for every seed, scored on the eval files. -> method -> its run dirs"""
     finals: dict[str, list[Path]] = {}
-    for m in methods:
+    for m in plan.methods:
         finals[m] = []
-        for seed in seeds:
-            run_dir = out / m / f"seed_{seed}"
-            lr = chosen[m]["lr"]
-            settings = run_settings(args, lr, gate_ratio, seed, cfg.train.max_steps, files["eval"], args.eval_examples)
-            label = f"[{next(counter)}/{total}] {LABELS[m]}, seed {seed}"
-            train_and_score(args, cfg, presets[m], run_dir, files["train"], settings, label)
+        for seed in seeds(plan):
+            steps, n_eval = plan.cfg.train.max_steps, plan.args.eval_examples
+            settings = run_settings(plan, chosen[m]["lr"], seed, steps, plan.files["eval"], n_eval)
+            run_dir = plan.out / m / f"seed_{seed}"
+            train_and_score(plan, m, run_dir, settings, f"{LABELS[m]}, seed {seed}")
             finals[m].append(run_dir)
+    return finals
 
-    # ---- 3. the report ----------------------------------------------------------------------------------
-    runs = {
-        m: {"config": {**shapes[m]}, **chosen[m], "seeds": [read_run(run_dir) for run_dir in finals[m]]}
-        for m in methods
-    }
+
+def seesaw_report(plan: Plan, chosen: dict[str, dict], finals: dict[str, list[Path]], argv: list[str]) -> dict:
+    """The report.json object: every method's runs, the interval of CGC-LoRA − the best baseline, the gates."""
+    cfg = plan.cfg
+    runs = {m: {"config": method_shape(plan.presets[m]), **chosen[m], "seeds": list(map(seesaw.read_run, finals[m]))}
+            for m in plan.methods}  # fmt: skip
     setup = {
-        "command": " ".join(["python recipes/compare.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python recipes/compare.py", *map(shlex.quote, argv)]),
         "model": cfg.model.name_or_path,
         "steps": cfg.train.max_steps,
-        "budget_rank": budget,
-        "budget_asked": asked,
-        "min_rank": args.min_rank,
-        "examples_per_task": examples_per_task(finals),
-        "seeds": args.seeds,
-        "seed_values": seeds,
-        "inputs": inputs_note(train + validation, evaluation),
-        "tuning": tuning_note(grid, grid_steps, validation, args, gate_ratio, cfg.seed),
+        "budget_rank": plan.budget,
+        "budget_asked": plan.asked,
+        "min_rank": plan.args.min_rank,
+        "examples_per_task": seesaw.examples_per_task(next(iter(finals.values()))[0]),
+        "seeds": plan.args.seeds,
+        "seed_values": seeds(plan),
+        "inputs": seesaw.inputs_note(plan.rows["train"] + plan.rows["validation"], plan.rows["eval"]),
+        "tuning": seesaw.tuning_note(
+            plan.grid,
+            plan.grid_steps,
+            len(plan.rows["validation"]),
+            bool(plan.args.validation_files),
+            plan.args.gate_lr,
+            plan.gate_ratio,
+            cfg.seed,
+        ),
     }
-    report = build_report(runs, setup)
-    metrics = task_metrics(task_map.tasks, cfg.eval.default_metric, cfg.eval.metrics)
-    baseline = best_baseline(report["methods"])
-    if OURS in methods and baseline is not None:
-        (ours, our_order), (theirs, their_order) = (per_example_scores(finals[n], metrics) for n in (OURS, baseline))
+    report = seesaw.build_report(runs, setup)
+    metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+    baseline = seesaw.best_baseline(report["methods"])
+    if OURS in plan.methods and baseline is not None:
+        (ours, our_order), (theirs, their_order) = (
+            seesaw.per_example_scores(finals[n], metrics) for n in (OURS, baseline)
+        )
         if our_order != their_order:
             error_exit(f"{LABELS[OURS]} and {LABELS[baseline]} were scored on different eval examples")
         interval = paired_bootstrap(ours, theirs)
         report["comparison"] = {"baseline": baseline, "baseline_label": LABELS[baseline], **interval}
-        print(verdict(report["comparison"]))
-    gate_files = [
-        json.loads((d / "gates.json").read_text()) for d in finals.get(OURS, []) if (d / "gates.json").is_file()
-    ]
+        print(seesaw.verdict(report["comparison"]))
+    gate_files = [json.loads(RunDir(d).gates.read_text()) for d in finals.get(OURS, []) if RunDir(d).gates.is_file()]
     shares, uniform = gate_report.own_share(gate_files) if gate_files else ({}, 0.0)
     if shares:
         line = gate_report.summary(shares, uniform)
         report["gates"] = {"own_share": shares, "uniform_share": uniform, "summary": line}
-    write_report(report, out)
-    written = ", ".join(str(out / name) for name in ("report.md", "report.json", "seesaw.png", "gates.png"))
-    print(f"\n{(out / 'report.md').read_text()}\nwritten: {written}")
+    return report
+
+
+# ==== helpers of the phases ====================================================================================
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -218,23 +256,25 @@ def parse_grid(text: str) -> list[float]:
     return list(dict.fromkeys(grid))  # each lr once, in the order given
 
 
-def checked_rows(files, format: str, task_field: str | None, task_map) -> list[dict]:
-    dataset = load_examples(files, format, task_field)
-    check_tasks(dataset, task_map)
-    return [{k: row[k] for k in ("task", "input", "target")} for row in dataset]
+def split_data(cfg: RecipeConfig, args, carve: bool) -> dict[str, list[dict]]:
+    """-> {"train", "validation", "eval"} rows: validation carved from training, read from --validation_files
+    (refused when it shares an example with training or eval), or none (one lr: every training example trains)."""
+    d, task_map = cfg.data, cfg.cgc.task_map
 
+    def rows(files) -> list[dict]:
+        dataset = load_task_examples(files, task_map, d.format, d.task_field)
+        return [{k: row[k] for k in ("task", "input", "target")} for row in dataset]
 
-def refuse_overlap(validation: list[dict], evaluation: list[dict], train: list[dict]) -> None:
-    """Tuning on eval examples would be tuning on the test set; on training examples, scoring what was trained."""
-    keys = {(r["task"], r["input"]) for r in validation}
-    for name, rows in (("eval", evaluation), ("training", train)):
-        shared = keys & {(r["task"], r["input"]) for r in rows}
-        if shared:
-            example = sorted(shared)[0]
-            raise DataError(
-                f"--validation_files: {len(shared)} examples are also in the {name} files (e.g. task {example[0]!r}, "
-                f"input {example[1]!r}); the validation examples must be neither trained on nor evaluated"
-            )
+    evaluation, train, validation = rows(d.eval_files), rows(d.train_files), []
+    if args.validation_files:
+        validation = rows(args.validation_files.split(","))
+        check_disjoint(validation, evaluation, train)
+    elif carve:
+        train, validation = carve_validation(train, evaluation, args.validation_per_task, cfg.seed)
+    missing = sorted(set(task_map.tasks) - {row["task"] for row in train})
+    if missing:
+        raise DataError(f"no training examples left for {missing} once the validation split is taken out")
+    return {"train": train, "validation": validation, "eval": evaluation}
 
 
 def split_record(cfg: RecipeConfig, args, carved: bool) -> dict:
@@ -248,7 +288,7 @@ def split_record(cfg: RecipeConfig, args, carved: bool) -> dict:
 
 def check_split_record(path: Path, record: dict) -> None:
     if path.is_file() and json.loads(path.read_text()) != record:
-        error_exit(
+        raise ConfigError(
             f"{path.parent} holds a split made with other data settings ({json.loads(path.read_text())}); its runs "
             "were trained on it: use another --out, or remove that directory to start over"
         )
@@ -256,91 +296,39 @@ def check_split_record(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    """The same rows give the same file: a re-run after an interruption trains on what it trained on."""
-    write_jsonl(path, rows)
-    return path.resolve()
+def gate_lr(plan: Plan, lr: float) -> float:
+    return plan.args.gate_lr or lr * plan.gate_ratio
 
 
-def run_settings(args, lr: float, gate_ratio: float, seed: int, steps: int, eval_file: Path, eval_n: int) -> dict:
-    return {"seed": seed, "lr": lr, "gate_lr": args.gate_lr or lr * gate_ratio, "max_steps": steps,
-            "eval_file": eval_file, "eval_examples": eval_n}  # fmt: skip
+def seeds(plan: Plan) -> list[int]:
+    return [plan.cfg.seed + i for i in range(plan.args.seeds)]
 
 
-def train_and_score(args, cfg, method: cgc.CGCLoraConfig, run_dir: Path, train_file, settings, label: str) -> dict:
+def run_settings(plan: Plan, lr: float, seed: int, steps: int, eval_file: Path, eval_n: int) -> dict:
+    return {"seed": seed, "lr": lr, "gate_lr": gate_lr(plan, lr), "max_steps": steps, "eval_file": eval_file,
+            "eval_examples": eval_n}  # fmt: skip
+
+
+def train_and_score(plan: Plan, method: str, run_dir: Path, settings: dict, label: str) -> dict:
     """One finetune.py run (kept when finished, resumed when interrupted) -> its eval.json. A run made with other
     settings (another grid, steps, eval size ...) is refused, never reused."""
-    config_path = write_run_config(cfg, method, run_dir, train_file, settings)
+    label = f"[{next(plan.runs)}/{plan.total_runs}] {label}"
+    try:
+        config_path = write_run_config(plan.cfg, plan.presets[method], run_dir, plan.files["train"], settings)
+    except ConfigError as err:
+        error_exit(str(err))
     if is_done(run_dir):
         print(f"\n{label}: done earlier, kept", flush=True)
     else:
         print(f"\n{label}: {settings['max_steps']} steps, lr {settings['lr']:g}, seed {settings['seed']}", flush=True)
-        code = run_to_end(launcher(args.nproc) + [str(FINETUNE), "--config", str(config_path)])
+        code = run_to_end(launcher(plan.args.nproc) + [str(FINETUNE), "--config", str(config_path)], cwd=ROOT)
         if code != 0 or not is_done(run_dir):
             why = f"failed (exit code {code})" if code else "stopped before the end (interrupted)"
             error_exit(
                 f"{run_dir} {why}; its output is above and in {run_dir}. Run the same command again to resume it.",
                 code=code or 1,
             )
-    return json.loads((run_dir / "eval.json").read_text())
-
-
-def write_run_config(cfg: RecipeConfig, method: cgc.CGCLoraConfig, run_dir: Path, train_file, settings) -> Path:
-    """The base config with this method's `cgc` section, the split files (generic format), the run's seed, lr,
-    steps and eval size, its own output dir, and `resume: latest` so that a re-run continues it. Checked by
-    loading it back before it is used."""
-    raw = cfg.to_dict()
-    raw["cgc"] = method.to_dict()
-    raw["seed"] = settings["seed"]
-    raw["data"].update(
-        train_files=[str(train_file)], eval_files=[str(settings["eval_file"])], format="generic", task_field=None
-    )
-    scale = settings["max_steps"] / cfg.train.max_steps  # a shorter grid run keeps the schedule's shape
-    raw["train"].update(
-        lr=settings["lr"],
-        gate_lr=settings["gate_lr"],
-        max_steps=settings["max_steps"],
-        warmup_steps=round(cfg.train.warmup_steps * scale),
-        save_every=min(cfg.train.save_every, settings["max_steps"]),
-    )
-    raw["eval"]["max_examples_per_task"] = settings["eval_examples"]
-    raw.update(output_dir=str(run_dir.resolve()), resume="latest")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"  # finetune.py rewrites it resolved (defaults filled in): compare resolved
-    previous = load_recipe_config(path, []).to_dict() if path.is_file() else None
-    draft = run_dir / ".config.next.yaml"
-    draft.write_text(yaml.safe_dump(raw, sort_keys=False))
-    wanted = load_recipe_config(draft, []).to_dict()
-    now, before = flat(wanted), flat(previous or {})
-    refused = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k) and k not in HOW_IT_RUNS)
-    if previous is not None and refused:
-        draft.unlink()
-        error_exit(
-            f"{run_dir} was made with other settings ({', '.join(refused)} differ): use another --out, or remove "
-            "that run to redo it"
-        )
-    draft.replace(path)
-    return path
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
-    items = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            items |= flat(value, f"{prefix}{key}.")
-        else:
-            items[prefix + key] = json.dumps(value)
-    return items
-
-
-def method_shape(config: cgc.CGCLoraConfig) -> dict:
-    return {
-        "r": config.r,
-        "experts_per_layer": sum(config.num_experts(c) for c in config.clusters),
-        "total_rank": total_rank(config),
-        "clusters": len(config.clusters),
-    }
+    return json.loads(RunDir(run_dir).eval_json.read_text())
 
 
 def trainable_counts(cfg, configs: dict[str, cgc.CGCLoraConfig]) -> dict[str, int]:
@@ -349,70 +337,6 @@ def trainable_counts(cfg, configs: dict[str, cgc.CGCLoraConfig]) -> dict[str, in
     m = cfg.model
     base, _ = load_recipe_model(m.name_or_path, m.gguf_file, "none", "float32", seed=cfg.seed)
     return {name: cgc.attach(copy.deepcopy(base), c).num_trainable_parameters() for name, c in configs.items()}
-
-
-def read_run(run_dir: Path) -> dict:
-    return {"eval": json.loads((run_dir / "eval.json").read_text()),
-            "summary": json.loads((run_dir / "run_summary.json").read_text())}  # fmt: skip
-
-
-def per_example_scores(run_dirs: list[Path], metrics: dict) -> tuple[dict[str, np.ndarray], list]:
-    """({task: (seeds, examples) scores of each eval answer}, the examples' (task, input) order), from each run's
-    eval_predictions.jsonl (the same examples in the same order in every run: checked)."""
-    per_seed, order = [], None
-    for run_dir in run_dirs:
-        rows = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
-        keys = [(r["task"], r["input"]) for r in rows]
-        if order is not None and keys != order:
-            raise RuntimeError(f"{run_dir}: its eval examples differ from the other runs'; cannot pair them")
-        order = keys
-        scores = {}
-        for task in dict.fromkeys(r["task"] for r in rows):
-            mine = [r for r in rows if r["task"] == task]
-            scores[task] = example_scores(metrics[task], [r["prediction"] for r in mine], [r["target"] for r in mine])
-        per_seed.append(scores)
-    return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
-
-
-def examples_per_task(finals: dict[str, list[Path]]) -> str:
-    """The eval examples each task actually had (fewer than --eval_examples where the data has fewer)."""
-    first = json.loads((next(iter(finals.values()))[0] / "eval.json").read_text())["tasks"]
-    counts = sorted({r["n"] for r in first.values()})
-    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-
-
-def tuning_note(grid, grid_steps, validation, args, gate_ratio, seed) -> str:
-    if len(grid) == 1:
-        return f"Learning rate: {grid[0]:g} for every method (no grid)."
-    where = "--validation_files" if args.validation_files else "carved from the training files (disjoint by example)"
-    gates = f"fixed at {args.gate_lr:g}" if args.gate_lr else f"{gate_ratio:.3g} × the lr"
-    return (
-        f"Learning rate: per method, the best mean validation score of {grid_steps}-step runs (seed {seed}) at "
-        f"each lr of {', '.join(f'{lr:g}' for lr in grid)}; validation: {len(validation)} examples {where}; "
-        f"gate lr {gates}; a tie goes to the first lr listed. The eval examples were not used for the choice."
-    )
-
-
-def is_done(run_dir: Path) -> bool:
-    summary = run_dir / "run_summary.json"
-    return (run_dir / "eval.json").is_file() and summary.is_file() and json.loads(summary.read_text())["finished"]
-
-
-def run_to_end(command: list[str]) -> int:
-    """Run a training child; on Ctrl-C (which reaches the child too) wait while it saves its checkpoint."""
-    child = subprocess.Popen(command, cwd=ROOT)
-    while True:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            print("\ninterrupted: waiting for the run to save a checkpoint ...", file=sys.stderr, flush=True)
-
-
-def launcher(nproc: int) -> list[str]:
-    if nproc <= 1:
-        return [sys.executable]  # plain python: a run of world size 1
-    deepspeed = Path(sys.executable).parent / "deepspeed"  # the launcher installed beside this Python
-    return [str(deepspeed), "--num_gpus", str(nproc), "--master_port", str(free_port())]
 
 
 if __name__ == "__main__":

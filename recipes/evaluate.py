@@ -20,13 +20,12 @@ from pathlib import Path
 import torch.distributed as dist
 
 import cgc
-from cgc.base_model import load_recipe_model
-from cgc.config import CONFIG_NAME
-from cgc.data import DataError, check_tasks, load_examples
-from cgc.distributed import error_exit, local_device, print0, start_process_group
-from cgc.evaluation import generate_answers, markdown_table, pick_examples, score_tasks, write_results
-from cgc.metrics import task_metrics
-from cgc.recipe_config import ConfigError, load_recipe_config
+from cgc.data.loading import load_task_examples
+from cgc.evaluation import evaluate_tasks, markdown_table, task_metrics, write_results
+from cgc.models import load_recipe_model
+from cgc.recipe import ConfigError, error_exit, load_recipe_config
+from cgc.training.distributed import local_device, print0, start_process_group
+from cgc.training.run_dir import EVAL_JSON, EVAL_MD, find_run_adapter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,19 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     # ---- config, adapter and data: checked before the model loads ---------------------------------------
     try:
         cfg = load_recipe_config(args.config, args.overrides)
-        adapter = Path(args.adapter or Path(cfg.output_dir) / "adapters" / "cgc")
         if args.adapter == "none":
-            cgc_config = cfg.cgc
-        elif (adapter / CONFIG_NAME).is_file():
-            cgc_config = cgc.CGCLoraConfig.load(adapter)
+            adapter, cgc_config = None, cfg.cgc
         else:
-            raise ConfigError(f"no cgc adapter at {adapter} ({CONFIG_NAME} missing): train first, or pass --adapter")
+            adapter, _ = find_run_adapter(cfg.output_dir, args.adapter, tasks=None)
+            cgc_config = cgc.CGCLoraConfig.load(adapter)
         if not cfg.data.eval_files or not cfg.eval.max_examples_per_task:
             raise ConfigError("nothing to evaluate: data.eval_files is empty or eval.max_examples_per_task is 0")
-        examples_raw = load_examples(cfg.data.eval_files, cfg.data.format, cfg.data.task_field)
-        check_tasks(examples_raw, cgc_config.task_map)
+        d = cfg.data
+        examples_raw = load_task_examples(d.eval_files, cgc_config.task_map, d.format, d.task_field)
         metrics = task_metrics(cgc_config.tasks, cfg.eval.default_metric, cfg.eval.metrics)
-    except (ConfigError, DataError, ValueError) as err:
+    except ValueError as err:  # cgc.CGCError, and task_metrics' ValueError
         error_exit(str(err))
     if "RANK" in os.environ:  # torchrun / deepspeed launcher: every rank answers its share of the examples
         start_process_group()
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     base, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
     if m.quantization == "none":  # bitsandbytes models are placed on this rank's GPU while loading
         base = base.to(local_device())
-    if args.adapter == "none":
+    if adapter is None:
         model = cgc.attach(base, cgc_config)  # every LoRA B starts at zero: exactly the base model
         print0(f"evaluating the base model {m.name_or_path} alone")
     else:
@@ -70,14 +67,15 @@ def main(argv: list[str] | None = None) -> None:
         print0(f"evaluating {adapter} on {m.name_or_path}")
 
     # ---- generate, score, write -------------------------------------------------------------------------
-    examples = pick_examples(examples_raw, cfg.eval.max_examples_per_task, cgc_config.tasks)
     e = cfg.eval
-    answers = generate_answers(model, tokenizer, examples, e.batch_size, e.max_new_tokens, cfg.data.system_prompt)
-    results = score_tasks(examples, answers, metrics, cgc_config.task_map)
+    results, examples, answers = evaluate_tasks(
+        model, tokenizer, examples_raw, metrics, e.max_examples_per_task, e.batch_size, e.max_new_tokens,
+        cfg.data.system_prompt,
+    )  # fmt: skip
     out = Path(args.out or cfg.output_dir)
     if not dist.is_initialized() or dist.get_rank() == 0:
         write_results(out, results, examples, answers)
-    print0(f"\n{markdown_table(results)}\nwritten: {out / 'eval.json'}, {out / 'eval.md'}")
+    print0(f"\n{markdown_table(results)}\nwritten: {out / EVAL_JSON}, {out / EVAL_MD}")
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 import cgc
-from cgc.base_model import load_recipe_model
-from cgc.distributed import error_exit
-from cgc.recipe_config import ConfigError, load_recipe_config
-from cgc.serving import run_adapter
+from cgc.models import load_recipe_model
+from cgc.recipe import error_exit, load_recipe_config
+from cgc.training.run_dir import RunDir, find_run_adapter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,17 +37,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides, check_paths=False)  # no data is read here
-        adapter, tasks = run_adapter(cfg.output_dir, args.adapter, args.tasks)
-    except (ConfigError, ValueError) as err:
+        adapter, tasks = find_run_adapter(cfg.output_dir, args.adapter, args.tasks)
+    except ValueError as err:  # cgc.CGCError included
         error_exit(str(err))
-    out = Path(args.out or Path(cfg.output_dir) / "export")
+    out = Path(args.out) if args.out else RunDir(cfg.output_dir).export
 
     # The float base: merging into 4/8-bit packed weights would not be exact, and the PEFT export needs only the
     # adapter's tensors (those adapters load onto a quantized base as well as onto a float one).
     m = cfg.model
     base, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, "none", m.dtype, seed=cfg.seed)
     model = cgc.load_adapter(base, adapter)
-    rank = model.cgc_config.experts_per_task * model.cgc_config.r
+    rank = model.cgc_config.exported_rank
     for task in tqdm(tasks, desc="export", unit="task"):
         cgc.export_peft_adapter(model, task, out / "peft" / task)
         if args.merge:

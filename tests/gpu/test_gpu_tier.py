@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import cgc
-import cgc.distributed as cd
-from cgc.base_model import load_recipe_model
+import cgc.training.distributed as cd
+from cgc.models.base_model import load_recipe_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")

@@ -23,11 +23,11 @@ import pytest
 import torch
 
 import cgc
-from cgc.base_model import load_base_model
-from cgc.distributed import free_port
-from cgc.recipe_config import load_recipe_config
+from cgc.data.tokenization import chat_messages, prompt_token_ids
+from cgc.models.base_model import load_base_model
+from cgc.recipe.config import load_recipe_config
 from cgc.serving import BASE_MODEL_NAME, port_in_use
-from cgc.tokenization import chat_messages, prompt_token_ids
+from cgc.training.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = "recipes/configs/smollm2_demo.yaml"

@@ -1,0 +1,227 @@
+"""`cgc.attach`, `CGCModel` and adapter save/load."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cgc.adapter.config import CGCLoraConfig
+from cgc.adapter.layer import CGCLinear
+from cgc.adapter.routing import Router
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def attach(base_model: nn.Module, config: CGCLoraConfig) -> CGCModel:
+    """Freeze `base_model` and wrap every target linear layer with CGC-LoRA experts."""
+    return CGCModel(base_model, config)
+
+
+def load_adapter(base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> CGCModel:
+    """Attach the adapter saved by `CGCModel.save_adapter` at `path` to `base_model`.
+
+    Like PEFT's `from_pretrained`, the loaded experts are frozen unless `is_trainable=True`.
+    """
+    model = attach(base_model, CGCLoraConfig.load(path))
+    weights_path = os.path.join(path, ADAPTER_WEIGHTS_NAME)
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
+    saved = load_file(weights_path)
+    expected = dict(model.trainable_parameters())
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter at {path} does not fit this base model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        for name, param in expected.items():
+            if saved[name].shape != param.shape:
+                raise ValueError(
+                    f"adapter at {path} does not fit this base model: {name} has shape "
+                    f"{tuple(saved[name].shape)}, expected {tuple(param.shape)}"
+                )
+            param.copy_(saved[name])
+    model.requires_grad_(False)
+    if is_trainable:
+        for param in expected.values():
+            param.requires_grad_(True)
+    return model
+
+
+def find_target_names(base_model: nn.Module, target_modules: list[str] | str) -> list[str]:
+    """Names of the modules matched by `target_modules`, with PEFT's matching rules."""
+    names = []
+    for name, _ in base_model.named_modules():
+        if not name:
+            continue
+        if isinstance(target_modules, str):
+            matched = re.fullmatch(target_modules, name) is not None
+        else:
+            matched = any(name == t or name.endswith("." + t) for t in target_modules)
+        if matched:
+            names.append(name)
+    return names
+
+
+class CGCModel(nn.Module):
+    """A frozen base model plus CGC-LoRA experts. Call it like the base model, with `task_ids`."""
+
+    def __init__(self, base_model: nn.Module, config: CGCLoraConfig):
+        super().__init__()
+        if not isinstance(config, CGCLoraConfig):
+            raise ValueError(f"config must be a cgc.CGCLoraConfig, got {type(config).__name__}")
+        if any(isinstance(m, CGCLinear) for m in base_model.modules()):
+            raise ValueError("base_model already has CGC-LoRA layers: attach once, to an unadapted model")
+        self.base_model = base_model
+        self.cgc_config = config
+        self.task_map = config.task_map
+        self._router = Router(config)
+        base_model.requires_grad_(False)
+        self._wrap_targets()
+
+    def _wrap_targets(self) -> None:
+        names = find_target_names(self.base_model, self.cgc_config.target_modules)
+        if not names:
+            linears = [n for n, m in self.base_model.named_modules() if isinstance(m, nn.Linear)]
+            raise ValueError(
+                f"target_modules={self.cgc_config.target_modules!r} matched no module; "
+                f"linear modules in this model include {linears[:6]}"
+            )
+        for name in names:
+            module = self.base_model.get_submodule(name)
+            # bitsandbytes Linear4bit and Linear8bitLt subclass nn.Linear.
+            if not isinstance(module, nn.Linear):
+                raise ValueError(
+                    f"target module {name!r} is a {type(module).__name__}; CGC-LoRA adapts nn.Linear and "
+                    "bitsandbytes Linear4bit/Linear8bitLt layers only"
+                )
+            parent_name, _, child = name.rpartition(".")
+            parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+            setattr(parent, child, CGCLinear(module, self.cgc_config, self._router))
+
+    # ---- tasks and routing ------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return self.cgc_config.tasks
+
+    def task_id(self, task: str) -> int:
+        return self.task_map.id_of(task)
+
+    def task_ids_tensor(self, tasks: Sequence[int | str] | torch.Tensor, device=None) -> torch.Tensor:
+        """Validated LongTensor[B] of task ids from ids or task names."""
+        if isinstance(tasks, torch.Tensor):
+            if tasks.dim() != 1 or tasks.dtype.is_floating_point or tasks.dtype.is_complex or tasks.dtype == torch.bool:
+                raise ValueError(
+                    f"task_ids must be an integer tensor of shape (batch,), got {tasks.dtype} {tuple(tasks.shape)}"
+                )
+            ids = tasks.long()
+        else:
+            ids = torch.tensor([self.task_id(t) if isinstance(t, str) else int(t) for t in tasks], dtype=torch.long)
+        if ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            self.task_map.name_of(low if low < 0 else high)  # raises for an id out of range
+        return ids.to(device) if device is not None else ids
+
+    def _set_routing(self, args: tuple, kwargs: dict, task_ids, every_cluster: bool) -> None:
+        if task_ids is None:
+            raise ValueError("task_ids is required: one task id (or task name) per sample")
+        batch = _batch_tensor(args, kwargs)
+        ids = self.task_ids_tensor(task_ids, device=None if batch is None else batch.device)
+        if batch is not None and len(ids) != batch.shape[0]:
+            raise ValueError(f"task_ids has {len(ids)} entries but the batch has {batch.shape[0]} samples")
+        self._router.set(self._router.route(ids, every_cluster=every_cluster))
+
+    def forward(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
+        """`every_cluster=True` runs every cluster's experts on every call, empty slices included, in a fixed order.
+        The caller sets it when ZeRO-3 ranks may hold batches of different clusters (sharded evaluation): every
+        rank must then call the same submodules. In training the sampler keeps all ranks on one cluster."""
+        self._set_routing(args, kwargs, task_ids, every_cluster)
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
+        self._set_routing(args, kwargs, task_ids, every_cluster)
+        return self.base_model.generate(*args, **kwargs)
+
+    # ---- introspection ----------------------------------------------------------------------------
+    def adapted_layers(self) -> dict[str, CGCLinear]:
+        """Adapted layers by their name in the base model (e.g. 'model.layers.0.self_attn.q_proj')."""
+        return {n: m for n, m in self.base_model.named_modules() if isinstance(m, CGCLinear)}
+
+    def gate(self, task: str) -> dict[str, torch.Tensor]:
+        """Layer name -> g_t, the gate weights task `task` gives its cluster's shared experts then its own."""
+        place = self.task_map.place(task)
+        with torch.no_grad():
+            return {
+                name: layer.experts[place.cluster].gate()[place.local_index].clone()
+                for name, layer in self.adapted_layers().items()
+            }
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every CGC-LoRA tensor; names are relative to the base model and contain the
+        cluster name as one dotted component."""
+        for layer_name, layer in self.adapted_layers().items():
+            for name, param in layer.experts.named_parameters():
+                yield f"{layer_name}.experts.{name}", param
+
+    def num_trainable_parameters(self) -> int:
+        # ZeRO-3 leaves an empty placeholder in `p` and keeps the full size in `ds_numel`.
+        return sum(getattr(p, "ds_numel", p.numel()) for _, p in self.trainable_parameters())
+
+    def optimizer_groups(self, lr: float, gate_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer parameter groups: "experts" at `lr` (with weight decay), "gates" (the gate logits) at `gate_lr`
+        (without). Each group carries its `name`, for logging its learning rate."""
+        experts = [p for n, p in self.trainable_parameters() if not n.endswith("gate_logits")]
+        gates = [p for n, p in self.trainable_parameters() if n.endswith("gate_logits")]
+        groups = [{"name": "experts", "params": experts, "lr": lr, "weight_decay": weight_decay}]
+        if gates:  # configurations with one expert per task have no gate
+            groups.append({"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0})
+        return groups
+
+    def cluster_parameters(self, cluster: str) -> list[nn.Parameter]:
+        if cluster not in self.task_map.clusters:
+            raise ValueError(f"unknown cluster {cluster!r}; clusters: {list(self.task_map.clusters)}")
+        return [p for n, p in self.trainable_parameters() if cluster in n.split(".")]
+
+    # ---- persistence ------------------------------------------------------------------------------
+    def save_adapter(self, path: str | os.PathLike) -> None:
+        """Write the config and the trainable tensors only (safetensors), never base weights."""
+        os.makedirs(path, exist_ok=True)
+        self.cgc_config.save(path)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
+        save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "library": "cgc"})
+
+    # ---- training helpers -------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """Non-reentrant activation checkpointing whose recomputation runs under the forward's routing."""
+        ckpt_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        if ckpt_kwargs["use_reentrant"]:
+            raise ValueError("CGC-LoRA supports non-reentrant checkpointing only (use_reentrant=False)")
+        ckpt_kwargs["context_fn"] = self._router.checkpoint_context
+        enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+
+    def __getattr__(self, name: str):
+        # Fall through to the base model (config, device, dtype, ...) as PEFT's wrappers do.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+
+def _batch_tensor(args, kwargs) -> torch.Tensor | None:
+    for key in ("input_ids", "inputs_embeds"):
+        if kwargs.get(key) is not None:
+            return kwargs[key]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    return None

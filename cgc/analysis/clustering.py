@@ -1,0 +1,140 @@
+"""Propose a task-cluster map from measured task affinity.
+
+    python -m cgc cluster --model smollm2-135m-instruct --data recipes/data/demo/train.jsonl --num-clusters 3
+
+Affinity of two tasks = cosine similarity of their gradients with respect to one LoRA shared by all tasks,
+measured after a few warm-up steps of that LoRA on a mix of all tasks (at step 0, B = 0 and the gradients only
+reflect the random A). Tasks whose gradients point the same way would pull a shared adapter the same way and
+can share experts; tasks whose gradients disagree are the ones that seesaw and belong apart. Clusters are
+formed by average-linkage agglomeration on that similarity. Users can always write the map by hand.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from cgc.adapter.model import attach
+from cgc.adapter.presets import shared_lora
+from cgc.data.tokenization import MultiTaskCollator, encode_example
+
+
+def task_gradients(
+    base_model,
+    tokenizer,
+    examples_by_task: Mapping[str, Sequence[dict]],
+    target_modules: list[str] | str | None = None,
+    r: int = 4,
+    warmup_steps: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Flattened mean gradient of each task's loss w.r.t. a shared LoRA (attached to `base_model` in place)."""
+    tasks = list(examples_by_task)
+    model = attach(base_model, shared_lora(tasks, r=r, target_modules=target_modules or ["q_proj", "v_proj"]))
+    model.train()
+    params = [p for _, p in model.trainable_parameters()]
+    collate = MultiTaskCollator(tokenizer.pad_token_id)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+
+    def loss_of(task_examples: list[tuple[str, dict]]) -> torch.Tensor:
+        features = []
+        for task, ex in task_examples:
+            encoded = encode_example(tokenizer, ex["input"], ex["target"], max_length)
+            if not encoded["dropped"]:
+                features.append({**encoded, "task_id": model.task_id(task)})
+        if not features:
+            raise ValueError(f"every example of {sorted({t for t, _ in task_examples})} is longer than max_length")
+        return model(**collate(features)).loss
+
+    pool = [(t, ex) for t, exs in examples_by_task.items() for ex in exs]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    for _ in range(warmup_steps):
+        loss_of(rng.sample(pool, min(batch_size, len(pool)))).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    gradients = {}
+    for task, exs in examples_by_task.items():
+        for start in range(0, len(exs), batch_size):
+            chunk = [(task, ex) for ex in exs[start : start + batch_size]]
+            # Each chunk's (token-mean) loss weighted by its share of the task's examples.
+            (loss_of(chunk) * len(chunk) / len(exs)).backward()
+        gradients[task] = torch.cat([p.grad.detach().flatten() for p in params])
+        optimizer.zero_grad(set_to_none=True)
+    return gradients
+
+
+def affinity_matrix(gradients: Mapping[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+    tasks = list(gradients)
+    g = torch.stack([gradients[t] for t in tasks])  # (T, P)
+    g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return tasks, g @ g.T  # (T, T) cosine similarities
+
+
+def agglomerate(tasks: list[str], similarity: torch.Tensor, num_clusters: int | None = None, threshold: float = 0.5):
+    """Average-linkage merging: down to `num_clusters`, or while the closest pair's mean similarity >= threshold."""
+    if num_clusters is not None and not 1 <= num_clusters <= len(tasks):
+        raise ValueError(f"num_clusters must be in [1, {len(tasks)}], got {num_clusters}")
+    groups = [[i] for i in range(len(tasks))]
+
+    def link(a, b):
+        return similarity[a][:, b].mean().item()
+
+    while len(groups) > 1:
+        pairs = [(link(a, b), i, j) for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j]
+        best, i, j = max(pairs)
+        if num_clusters is not None and len(groups) <= num_clusters:
+            break
+        if num_clusters is None and best < threshold:
+            break
+        groups[i] = groups[i] + groups[j]
+        del groups[j]
+    groups.sort(key=min)
+    return {f"cluster{k}": [tasks[i] for i in sorted(g)] for k, g in enumerate(groups)}
+
+
+def cluster_tasks(
+    base_model,
+    tokenizer,
+    examples_by_task: Mapping[str, Sequence[dict]],
+    num_clusters: int | None = None,
+    threshold: float = 0.5,
+    **gradient_kwargs,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+    """-> (cluster map, task x task cosine affinity). `base_model` gets a LoRA attached: pass a fresh one."""
+    gradients = task_gradients(base_model, tokenizer, examples_by_task, **gradient_kwargs)
+    tasks, similarity = affinity_matrix(gradients)
+    clusters = agglomerate(tasks, similarity, num_clusters=num_clusters, threshold=threshold)
+    affinity = {a: {b: round(similarity[i, j].item(), 4) for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
+    return clusters, affinity
+
+
+def sample_by_task(rows, per_task: int, seed: int) -> dict[str, list[dict]]:
+    """Up to `per_task` examples of each task (seeded), tasks in name order: what the affinity is measured on."""
+    rng = random.Random(seed)
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    return {t: rng.sample(rows, min(per_task, len(rows))) for t, rows in sorted(by_task.items())}
+
+
+def to_yaml(clusters: Mapping[str, Sequence[str]], affinity: Mapping[str, Mapping[str, float]]) -> str:
+    import yaml
+
+    lines = ["# proposed by cgc.analysis.clustering (gradient cosine affinity); paste under `cgc:` in a recipe config"]
+    for name, tasks in clusters.items():
+        inside = [affinity[a][b] for a in tasks for b in tasks if a < b]
+        mean = f"{sum(inside) / len(inside):.2f}" if inside else "n/a"
+        lines.append(f"# {name}: mean within-cluster affinity {mean}")
+    lines.append(
+        yaml.safe_dump(
+            {"clusters": {k: list(v) for k, v in clusters.items()}}, sort_keys=False, default_flow_style=None
+        ).rstrip()
+    )
+    return "\n".join(lines)

@@ -1,0 +1,8 @@
+"""The recipes' config layer: YAML and overrides to typed, validated sections (`config`), inputs checked before
+anything starts (`inputs`: the DeepSpeed JSON, data, output_dir), combinations a machine cannot run
+(`compatibility`), and how a recipe refuses (`errors`). Library modules never import it."""
+
+from cgc.recipe.config import RecipeConfig, load_recipe_config
+from cgc.recipe.errors import ConfigError, RecipeConfigError, error_exit
+
+__all__ = ["ConfigError", "RecipeConfig", "RecipeConfigError", "error_exit", "load_recipe_config"]

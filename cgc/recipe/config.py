@@ -1,0 +1,330 @@
+"""Recipe configuration: YAML + `key.sub=value` overrides -> typed dataclasses, every problem in one error.
+
+    recipes/finetune.py --config recipes/configs/tiny_cpu.yaml train.max_steps=8 data.train_files=[a.jsonl,b.jsonl]
+
+Override values are parsed as YAML. Validation happens before any process group or model exists, so bad
+input fails fast with one message that lists every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cgc.adapter.config import CGCLoraConfig
+from cgc.adapter.errors import AdapterConfigError
+from cgc.data.sampler import argument_problems
+from cgc.evaluation.metrics import task_metrics
+from cgc.recipe.errors import ConfigError
+
+QUANTIZATIONS = ("none", "nf4", "int8")
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def knob(default=dataclasses.MISSING, help: str = "", factory=dataclasses.MISSING):
+    """A config field with its one-line documentation (`metadata["help"]`): the README's key table is made from
+    these (cgc.recipe.key_table, `python -m cgc keys`), and a test keeps the two equal."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = knob(
+        "tiny-llama",
+        "a local HF model dir; built in code: `tiny-llama`, `tiny-qwen2`, `random-llama-1b`; `smollm2-135m-instruct`",
+    )
+    gguf_file: str | None = knob(None, "a GGUF file inside `name_or_path`, de-quantized while loading")
+    quantization: str = knob(
+        "none", "`none`, `nf4` (4-bit, shardable by ZeRO-3) or `int8` of the frozen base (bitsandbytes)"
+    )
+    dtype: str = knob("float32", "`float32`, `bfloat16` or `float16`: the base and engine dtype")
+
+
+@dataclass
+class DataSection:
+    train_files: list[str] = knob(help="training files (JSONL, JSON, parquet or a `save_to_disk` dir)", factory=list)
+    eval_files: list[str] = knob(help="held-out files for the eval phase (may be empty)", factory=list)
+    format: str = knob("auto", "`auto`, `generic`, `promptcblue`, `firefly` or `alpaca` (see Multi-task data)")
+    task_field: str | None = knob(None, "alpaca: the column holding the task (else the file stem)")
+    max_length: int = knob(256, "tokens per example; longer prompts are cut from the left, targets never")
+    system_prompt: str | None = knob(None, "a system turn before every prompt (chat template), also at eval")
+
+
+@dataclass
+class SamplerSection:
+    mixing: str = knob("temperature", "how clusters and tasks are drawn: `proportional`, `uniform` or `temperature`")
+    temperature: float = knob(2.0, "T of p ∝ n^(1/T); higher T gives small tasks more steps")
+    cluster_per: str = knob(
+        "micro_step", "draw a cluster per `micro_step` or per `optimizer_step` (all accumulation steps)"
+    )
+    group_by_length: bool = knob(
+        True, "batch examples of similar token length together (within a cluster): less padding computed"
+    )
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = knob(100, "optimizer steps of the whole run (the schedule's length)")
+    micro_batch_size: int = knob(4, "examples per rank per micro-step")
+    grad_accum: int = knob(1, "micro-steps per optimizer step")
+    lr: float = knob(2e-4, "peak learning rate of the experts (A, B)")
+    gate_lr: float = knob(1e-2, "learning rate of the gate logits (no weight decay)")
+    weight_decay: float = knob(0.0, "AdamW weight decay of the experts")
+    schedule: str = knob("cosine", "`cosine`, `linear` or `constant` (after warmup)")
+    warmup_steps: int = knob(0, "linear warmup steps")
+    max_grad_norm: float = knob(1.0, "gradient clipping (0: off)")
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in backward: less activation memory for one more forward pass"
+    )
+    save_every: int = knob(0, "checkpoint every N steps (0: only at the end, on preemption and on stop_after)")
+    keep_last: int | None = knob(None, "keep the newest N complete checkpoints (null: all); never the resumed one")
+    log_every: int = knob(10, "write metrics.jsonl / TensorBoard (losses, gates) every N steps; the last step always")
+    threads_per_rank: int | None = knob(
+        None,
+        "CPU threads of each rank's torch/OpenMP; null: OMP_NUM_THREADS when set, else on CPU ranks the cores "
+        "this process may use divided by the ranks on its node (several ranks each using every core slow down)",
+    )
+    stop_after: int | None = knob(
+        None, "end this invocation after N optimizer steps (checkpointed); the schedule is unchanged"
+    )
+
+
+@dataclass
+class EvalSection:
+    max_examples_per_task: int = knob(32, "held-out examples scored per task after training (0: no eval phase)")
+    max_new_tokens: int = knob(32, "greedy generation length")
+    batch_size: int = knob(16, "prompts per generate call (mixed tasks)")
+    default_metric: str | dict = knob(
+        "exact_match", "a metric name, or `{name: ..., <options>}` (see cgc.evaluation.metrics)"
+    )
+    metrics: dict = knob(help="task -> metric, for tasks that do not use the default", factory=dict)
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = knob(
+        "ds_configs/zero2.json",
+        "`ds_configs/zero2.json`, `zero3.json` or `zero3_offload.json`; the recipe fills the batch sizes",
+    )
+    partition_single_rank: bool = knob(
+        False,
+        "keep ZeRO stage 1/2 on a one-rank float32 run (by default it runs stage 0: same updates, no ZeRO "
+        "bookkeeping); set it for checkpoints you will convert to universal ones",
+    )
+
+
+@dataclass
+class RecipeConfig:
+    output_dir: str = knob(help="where metrics, checkpoints, eval and adapters go")
+    cgc: CGCLoraConfig = knob(help="the `CGCLoraConfig`: cluster map, expert rank and counts, target modules")
+    seed: int = knob(0, "seeds the model's random init, the sampler's schedule and dropout")
+    model: ModelSection = knob(help="the frozen base", factory=ModelSection)
+    data: DataSection = knob(help="training and held-out data", factory=DataSection)
+    sampler: SamplerSection = knob(help="the cluster-aware sampler", factory=SamplerSection)
+    train: TrainSection = knob(help="optimisation", factory=TrainSection)
+    eval: EvalSection = knob(help="the eval phase after training", factory=EvalSection)
+    deepspeed: DeepSpeedSection = knob(help="the DeepSpeed JSON", factory=DeepSpeedSection)
+    resume: str = knob("none", "`none`, `latest` (the newest complete checkpoint) or a `checkpoints/step_N` dir")
+    overwrite: bool = knob(False, "with resume=none, move an output_dir holding another run aside instead of refusing")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_recipe_config(
+    path: str | os.PathLike, overrides: list[str] = (), root: str | os.PathLike = ".", check_paths: bool = True
+) -> RecipeConfig:
+    """Read the YAML at `path`, apply overrides, build and validate. Relative paths are relative to `root`;
+    `check_paths=False` skips the checks that data, DeepSpeed and resume paths exist (configs for other machines).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    problems: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    config = _build(RecipeConfig, raw, "", problems)
+    if config is not None and None not in (config.model, config.data, config.train, config.eval, config.deepspeed):
+        problems += _check_values(config, Path(root), check_paths)
+    if problems:
+        raise ConfigError(f"invalid config {path}", problems)
+    return config
+
+
+def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        problems.append(f"override {item!r} is not of the form key.sub=value")
+        return
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problems.append(f"override {item!r}: the value is not valid YAML ({err.problem})")
+        return
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            problems.append(f"override {item!r}: {part!r} is not a section")
+            return
+    node[leaf] = value
+
+
+def _build(cls, raw, where: str, problems: list[str]):
+    """Dataclass `cls` from mapping `raw`, recording unknown keys, wrong types and the problems `cls` itself finds
+    (`AdapterConfigError.problems`, e.g. `CGCLoraConfig`'s) instead of raising. None when it cannot be built."""
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {where}{close[0]}?)" if close else f"; known keys: {sorted(fields)}"
+            problems.append(f"unknown key {where}{key}{hint}")
+    values, missing = {}, False
+    for name, f in fields.items():
+        key = f"{where}{name}"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in raw:
+            if required:
+                problems.append(f"missing key {key}")
+                missing = True
+            continue
+        value, hint = raw[name], hints[name]
+        if _accepts_float(hint) and isinstance(value, str):
+            value = _float_or_str(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if dataclasses.is_dataclass(hint):
+            # A section that could not be built stays None: its problems are recorded, and the other sections
+            # are still checked so that one error lists everything.
+            values[name] = _build(hint, value, f"{key}.", problems)
+        elif _fits(value, hint):
+            values[name] = float(value) if hint is float else value
+        else:
+            problems.append(f"{key} must be {_describe(hint)}, got {value!r}")
+    if missing:
+        return None
+    try:
+        return cls(**values)
+    except AdapterConfigError as err:
+        problems += [f"{where.rstrip('.')}: {p}" for p in err.problems]
+        return None
+
+
+def _accepts_float(hint) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
+def _float_or_str(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _fits(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _check_values(c: RecipeConfig, root: Path, check_paths: bool) -> list[str]:
+    problems = []
+
+    def need(ok: bool, message: str):
+        if not ok:
+            problems.append(message)
+
+    def exists(path: str, kind: str = "exists") -> bool:
+        return not check_paths or getattr(root / path, kind)()
+
+    need(
+        c.model.quantization in QUANTIZATIONS,
+        f"model.quantization must be one of {QUANTIZATIONS}, got {c.model.quantization!r}",
+    )
+    need(c.model.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {c.model.dtype!r}")
+    need(bool(c.data.train_files), "data.train_files is empty: give at least one training file")
+    for key in ("train_files", "eval_files"):
+        for name in getattr(c.data, key):
+            need(exists(name), f"data.{key}: file not found: {name}")
+    need(c.data.max_length >= 2, f"data.max_length must be >= 2, got {c.data.max_length}")
+    sections = {
+        "micro_batch_size": "train",
+        "grad_accum": "train",
+        "mixing": "sampler",
+        "temperature": "sampler",
+        "cluster_per": "sampler",
+    }
+    arguments = {name: getattr(getattr(c, section), name) for name, section in sections.items()}
+    for name, message in argument_problems(**arguments).items():
+        problems.append(f"{sections[name]}.{name} {message}")
+    t = c.train
+    for key in ("max_steps", "log_every"):
+        need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
+    need(
+        t.threads_per_rank is None or t.threads_per_rank >= 1,
+        f"train.threads_per_rank must be >= 1 or null, got {t.threads_per_rank}",
+    )
+    need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    need(t.gate_lr >= 0, f"train.gate_lr must be >= 0, got {t.gate_lr}")
+    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    need(t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
+    need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    need(t.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
+    need(t.save_every >= 0, f"train.save_every must be >= 0 (0: only at the end), got {t.save_every}")
+    need(t.keep_last is None or t.keep_last >= 1, f"train.keep_last must be >= 1 or null, got {t.keep_last}")
+    need(t.stop_after is None or t.stop_after >= 1, f"train.stop_after must be >= 1 or null, got {t.stop_after}")
+    need(
+        c.eval.max_examples_per_task >= 0,
+        f"eval.max_examples_per_task must be >= 0, got {c.eval.max_examples_per_task}",
+    )
+    for key in ("max_new_tokens", "batch_size"):
+        need(getattr(c.eval, key) >= 1, f"eval.{key} must be >= 1, got {getattr(c.eval, key)}")
+    need(exists(c.deepspeed.config, "is_file"), f"deepspeed.config: file not found: {c.deepspeed.config}")
+    need(
+        c.resume in ("none", "latest") or exists(c.resume, "is_dir"),
+        f"resume must be none, latest or a checkpoint directory, got {c.resume!r}",
+    )
+    if c.cgc is None:  # its problems are already listed
+        return problems
+    try:
+        task_metrics(c.cgc.tasks, c.eval.default_metric, c.eval.metrics)
+    except ValueError as err:
+        problems.append(str(err))
+    return problems

@@ -1,0 +1,117 @@
+"""The files of a run directory (a recipe's `output_dir`), named in this one place: what finetune.py writes and
+evaluate.py, export.py, serve.py and compare.py read.
+
+    config.yaml            the resolved config          cgc_run.json       the run's identity (run_identity.py)
+    metrics.jsonl          one object per logged step   tensorboard/       the same, and the gates, for TensorBoard
+    checkpoints/step_N/    DeepSpeed + sampler state    run_summary.json   world size, steps, loss, tokens/s, memory
+    eval.json, eval.md     per-task scores              eval_predictions.jsonl   every prompt, target and answer
+    gates.json             every task's gate weights    adapters/cgc/      the cgc adapter
+    adapters/peft/<task>/  one PEFT LoRA per task       serving/base/      the base written for vLLM (serve.py)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cgc.adapter.config import CONFIG_NAME, CGCLoraConfig
+from cgc.adapter.errors import CGCError, UnknownTaskError
+
+IDENTITY_FILE = "cgc_run.json"
+EVAL_JSON, EVAL_MD, EVAL_PREDICTIONS = "eval.json", "eval.md", "eval_predictions.jsonl"
+
+
+class RunDirError(CGCError):
+    """A run directory lacks what was asked of it (e.g. no adapter: the run has not finished)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / IDENTITY_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "run_summary.json"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / EVAL_JSON
+
+    @property
+    def eval_md(self) -> Path:
+        return self.root / EVAL_MD
+
+    @property
+    def eval_predictions(self) -> Path:
+        return self.root / EVAL_PREDICTIONS
+
+    @property
+    def gates(self) -> Path:
+        return self.root / "gates.json"
+
+    @property
+    def cgc_adapter(self) -> Path:
+        return self.root / "adapters" / "cgc"
+
+    @property
+    def peft_adapters(self) -> Path:
+        """adapters/peft: one directory per task."""
+        return self.root / "adapters" / "peft"
+
+    @property
+    def serving_base(self) -> Path:
+        return self.root / "serving" / "base"
+
+    @property
+    def export(self) -> Path:
+        """export.py's default output."""
+        return self.root / "export"
+
+
+def find_run_adapter(output_dir: str | Path, adapter: str | Path | None, tasks: str | None) -> tuple[Path, list[str]]:
+    """The cgc adapter to evaluate, export or serve (`adapter`, else the run's `<output_dir>/adapters/cgc`) and the
+    tasks asked for (comma-separated; None: all of the adapter's). Raises RunDirError / UnknownTaskError with the
+    way out."""
+    path = Path(adapter) if adapter else RunDir(output_dir).cgc_adapter
+    if not (path / CONFIG_NAME).is_file():
+        raise RunDirError(
+            f"no cgc adapter at {path} ({CONFIG_NAME} missing): the run has not finished; train first "
+            "(make demo), or pass --adapter"
+        )
+    known = CGCLoraConfig.load(path).tasks
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else known
+    unknown = [t for t in chosen if t not in known]
+    if unknown or not chosen:
+        raise UnknownTaskError(f"--tasks: no task {unknown} in the adapter; its tasks: {', '.join(known)}")
+    return path, chosen
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`path` holds the old text or the new, never a part: written beside it, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

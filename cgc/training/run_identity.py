@@ -1,0 +1,117 @@
+"""Run identity: what a run is (model, quantization, the `cgc` section, data files with sizes and hashes, seed,
+and the settings that only steer training), recorded in `output_dir/cgc_run.json` and in every checkpoint, so
+that two runs never mix in one directory and a resume never loads weights into a different shape or placement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from cgc.adapter.errors import bulleted
+from cgc.training.distributed import barrier, print0
+from cgc.training.run_dir import IDENTITY_FILE, RunDir, RunDirError
+
+# A difference in any of these changes parameter shapes or which task uses which experts: resuming across it
+# would fail on shapes or, worse, load the wrong experts into a moved task without an error.
+SHAPE_KEYS = (
+    "model.name_or_path",
+    "model.gguf_file",
+    "model.quantization",
+    "cgc.clusters",
+    "cgc.r",
+    "cgc.num_shared_experts",
+    "cgc.num_task_experts",
+    "cgc.target_modules",
+)
+
+
+def fingerprint(cfg) -> dict:
+    """Dotted key -> value for everything that defines the run (a RecipeConfig in, JSON-ready dict out)."""
+    flat = {f"model.{k}": v for k, v in dataclasses.asdict(cfg.model).items()}
+    flat |= {f"cgc.{k}": v for k, v in cfg.cgc.to_dict().items()}
+    flat |= {f"sampler.{k}": v for k, v in dataclasses.asdict(cfg.sampler).items()}
+    flat |= {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items()}
+    flat["seed"] = cfg.seed
+    flat["data.train_files"] = [describe(Path(p)) for p in cfg.data.train_files]
+    flat |= {f"data.{k}": getattr(cfg.data, k) for k in ("format", "task_field", "max_length", "system_prompt")}
+    return json.loads(json.dumps(flat))  # tuples -> lists: compares equal to what is read back
+
+
+def describe(path: Path) -> dict:
+    """A data file (or dataset directory) by path, size and SHA-256 of its bytes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return {"path": str(path), "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
+
+
+def differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+    """-> (differences that refuse a resume, differences that are allowed), each as "key: saved -> now"."""
+    refused, allowed = [], []
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            line = f"{key}: {json.dumps(saved.get(key))} -> {json.dumps(now.get(key))}"
+            (refused if key in SHAPE_KEYS else allowed).append(line)
+    return refused, allowed
+
+
+def holds_a_run(out: Path) -> bool:
+    """Checkpoints or metrics of some run are in `out`."""
+    run = RunDir(out)
+    return run.metrics.exists() or (run.checkpoints.is_dir() and any(run.checkpoints.iterdir()))
+
+
+def claim_output_dir(cfg, out: Path, rank: int) -> dict:
+    """`out` belongs to this run (a RecipeConfig): one holding another run is refused with resume=none (RunDirError),
+    or moved aside with overwrite=true, by rank 0; this run's identity is written to `out`/cgc_run.json.
+    -> the identity."""
+    if cfg.resume == "none" and holds_a_run(out):
+        if not cfg.overwrite:
+            raise RunDirError(refusal_to_overwrite(out))
+        if rank == 0:
+            print0(f"overwrite=true: moved the previous run aside to {move_aside(out)}")
+        barrier()
+    identity = fingerprint(cfg)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / IDENTITY_FILE).write_text(json.dumps(identity, indent=1) + "\n")
+    return identity
+
+
+def refusal_to_overwrite(out: Path) -> str:
+    return (
+        f"output_dir {out} holds another run (checkpoints or metrics.jsonl) and resume is none. Either continue it "
+        "with resume=latest, or start over with overwrite=true, which moves the old run aside (never deletes it)."
+    )
+
+
+def move_aside(out: Path) -> Path:
+    """Rename `out` to `<out>.replaced-<time>` (same file system: a rename, nothing copied or deleted)."""
+    aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.rename(aside)
+    return aside
+
+
+def check_resume(tag_dir: Path, now: dict) -> list[str]:
+    """Raise ValueError listing each difference that forbids resuming from `tag_dir`; -> the allowed ones."""
+    path = tag_dir / IDENTITY_FILE
+    if not path.is_file():  # checkpoints of earlier versions carry no identity
+        return []
+    refused, allowed = differences(json.loads(path.read_text()), now)
+    if refused:
+        raise ValueError(
+            bulleted(
+                f"cannot resume from {tag_dir}: the run changed in what decides parameter shapes or task placement",
+                refused,
+            )
+            + "\nResume with the checkpoint's settings, or start a new run in another output_dir."
+        )
+    return allowed

@@ -1,0 +1,105 @@
+"""The seesaw report's arithmetic and files on hand-made scores (the tiny end-to-end run scores ~0 everywhere)."""
+
+import json
+
+import pytest
+
+from cgc.analysis.gate_report import own_share, summary
+from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, markdown, verdict, write_report
+
+TASKS = {"add": "numbers", "uppercase": "words", "length": "letters"}
+
+
+def seed_run(scores: dict[str, float], params: int) -> dict:
+    metric = {"add": "exact_match", "uppercase": "exact_match", "length": "rouge_l"}
+    evaluation = {
+        "tasks": {
+            t: {"cluster": c, "metric": metric[t], "score": scores[t], "exact_match": scores[t], "n": 16}
+            for t, c in TASKS.items()
+        }
+    }
+    return {"eval": evaluation, "summary": {"trainable_params": params, "final_loss": 0.5, "tokens_per_s": 100.0}}
+
+
+def method(*seeds: dict, params: int = 1000, lr: float = 1e-3) -> dict:
+    return {
+        "config": {"r": 8, "experts_per_layer": 15, "total_rank": 120},
+        "lr": lr,
+        "gate_lr": 5 * lr,
+        "grid": {"0.001": 0.4, "0.003": 0.3},
+        "seeds": [seed_run(s, params) for s in seeds],
+    }
+
+
+SETUP = {"command": "python recipes/compare.py --config x.yaml", "model": "m", "steps": 10, "budget_rank": 120}
+SETUP |= {"examples_per_task": 16, "seeds": 2}
+
+
+def test_means_stds_deltas_and_worst_drop_over_seeds():
+    def scores(add, uppercase, length):
+        return {"add": add, "uppercase": uppercase, "length": length}
+
+    runs = {
+        "shared_lora": method(scores(0.9, 0.2, 0.5), scores(0.7, 0.2, 0.5)),
+        "per_task_lora": method(scores(0.5, 0.8, 0.5), scores(0.5, 0.8, 0.5)),
+        "cgc_lora": method(scores(0.75, 0.7, 0.6), scores(0.75, 0.7, 0.6)),
+    }
+    report = build_report(runs, SETUP)
+    shared, cgc = report["methods"]["shared_lora"], report["methods"]["cgc_lora"]
+    assert shared["scores"] == pytest.approx({"add": 0.8, "uppercase": 0.2, "length": 0.5})
+    assert shared["scores_std"]["add"] == pytest.approx(0.1414, abs=1e-4) and shared["scores_std"]["length"] == 0
+    assert shared["seed_means"] == pytest.approx([1.6 / 3, 1.4 / 3])
+    assert shared["mean"] == pytest.approx(0.5) and shared["mean_std"] == pytest.approx(0.0471, abs=1e-4)
+    assert shared["delta_vs_per_task_lora"] == pytest.approx({"add": 0.3, "uppercase": -0.6, "length": 0.0})
+    assert shared["worst_drop"] == pytest.approx(0.6)
+    assert cgc["worst_drop"] == pytest.approx(0.1) and cgc["mean"] == pytest.approx(2.05 / 3)
+    assert report["methods"]["per_task_lora"]["worst_drop"] == 0.0
+    assert best_baseline(report["methods"]) == "per_task_lora"  # 0.6 beats shared LoRA's 0.5
+    text = markdown(report)
+    assert "| LoRA (shared) | 8 | 15 | 1,000 | 0.001 | 0.500 ± 0.047 | 0.500 | 0.600 |" in text
+    assert "| uppercase | exact_match | -0.600 | +0.000 | -0.100 |" in text
+    assert "| add | exact_match | 0.800 ± 0.141 |" in text
+    assert "| LoRA (shared) | 0.400 | 0.300 | 0.001 |" in text  # the grid table
+
+
+def test_the_verdict_says_no_significant_difference_when_the_interval_contains_zero():
+    within = {"baseline_label": "MOELoRA", "difference": 0.02, "low": -0.01, "high": 0.05, "significant": False}
+    assert verdict(within).endswith("**no significant difference**.")
+    above = {**within, "low": 0.01, "significant": True}
+    assert "significantly better" in verdict(above)
+    below = {**within, "difference": -0.04, "low": -0.07, "high": -0.01, "significant": True}
+    assert "significantly worse" in verdict(below)
+
+
+def test_the_report_says_when_the_input_hides_the_task():
+    hidden = inputs_note([{"task": "a", "input": "x"}, {"task": "b", "input": "x"}], [{"task": "a", "input": "x"}])
+    assert hidden.startswith(TASK_HIDDEN) and "100% of the eval prompts" in hidden
+    train = [{"task": "a", "input": "A: x"}, {"task": "b", "input": "B: x"}]
+    named = inputs_note(train, [{"task": "a", "input": "A: y"}])
+    assert named.startswith("every prompt tells its task")
+
+
+def test_gate_shares_per_block_are_the_weight_on_own_experts_averaged_over_projections_and_seeds():
+    def gates(own_q, own_v):  # S = 2 shared, K = 1 own; two blocks, two projections each
+        layers = {}
+        for block in (0, 1):
+            for proj, own in (("q_proj", own_q[block]), ("v_proj", own_v[block])):
+                layers[f"model.layers.{block}.self_attn.{proj}"] = [(1 - own) / 2, (1 - own) / 2, own]
+        return {"num_shared_experts": 2, "tasks": {"add": layers}}
+
+    shares, uniform = own_share([gates((0.2, 0.6), (0.4, 0.8)), gates((0.4, 0.6), (0.4, 1.0))])
+    assert uniform == pytest.approx(1 / 3)
+    assert shares["add"] == pytest.approx([0.35, 0.75])
+    line = summary(shares, uniform)
+    assert line.startswith("Gates: on average 45% of each task's gate is on its cluster's shared experts")
+    assert "(a uniform gate: 33%)" in line and "own share 35% in the first third of the blocks, 75% in the last" in line
+
+
+def test_without_per_task_lora_there_are_no_deltas_and_the_files_are_written(tmp_path):
+    report = build_report({"shared_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}, SETUP)
+    assert "worst_drop" not in report["methods"]["shared_lora"]
+    assert report["methods"]["shared_lora"]["mean_std"] == 0.0  # one seed
+    write_report(report, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert "worst drop" not in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "seesaw.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "gates.png").exists()

@@ -1,0 +1,123 @@
+"""Bad inputs the recipe checks before any model loads: each ends with exit code 2 and one message naming the
+file (and line) or key, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cgc.training import deepspeed_ops as ops
+from tests.conftest import ROOT
+
+GOOD = json.dumps({"task": "add", "input": "1 2", "target": "3"})
+
+
+def write_inputs(tmp: Path) -> None:
+    (tmp / "empty.jsonl").write_text("\n  \n")
+    (tmp / "latin1.jsonl").write_bytes((GOOD + "\n").encode() + b'{"task": "add", "input": "caf\xe9", "target": "1"}\n')
+    (tmp / "broken.json").write_text('{"zero_optimization": {"stage": 2},\n}\n')
+    (tmp / "typo.json").write_text('{"zero_optimisation": {"stage": 3}}\n')
+    (tmp / "zero_typo.json").write_text('{"zero_optimization": {"stage": 3, "overlap_com": true}}\n')
+    (tmp / "a_file").write_text("")
+
+
+CASES = {
+    "empty-train-file": (["data.train_files=[{tmp}/empty.jsonl]"], "{tmp}/empty.jsonl: the file is empty"),
+    "not-utf8": (["data.train_files=[{tmp}/latin1.jsonl]"], "{tmp}/latin1.jsonl:2: not UTF-8 text (byte 0xe9"),
+    "malformed-ds-json": (["deepspeed.config={tmp}/broken.json"], "{tmp}/broken.json:2: malformed JSON"),
+    "ds-json-typo": (["deepspeed.config={tmp}/typo.json"], "did you mean 'zero_optimization'?"),
+    "ds-zero-key-typo": (["deepspeed.config={tmp}/zero_typo.json"], "zero_optimization.overlap_com: Extra inputs"),
+    "unwritable-output-dir": (["output_dir={tmp}/a_file/run"], "output_dir {tmp}/a_file/run is not writable"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_before_the_model_loads_with_one_message(tmp_path, case):
+    write_inputs(tmp_path)
+    overrides, message = CASES[case]
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", *(o.format(tmp=tmp_path) for o in overrides)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Loading weights" not in result.stderr and "resolved config" not in result.stdout  # nothing started
+
+
+def test_resume_latest_with_nothing_to_resume_says_so(tmp_path):
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", "resume=latest", "train.max_steps=1", "eval.max_examples_per_task=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resume=latest: no complete checkpoint in" in result.stdout and "starting at step 0" in result.stdout
+
+
+def test_a_step_larger_than_every_cluster_is_refused_before_loading(tmp_path):
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", "train.micro_batch_size=5000"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "train.micro_batch_size=5000 x 1 ranks needs 5000 examples of one cluster per step" in result.stderr
+    assert "'words': 900" in result.stderr and "Loading weights" not in result.stderr
+
+
+def test_silent_data_loss_is_said(tmp_path):
+    # add: some empty targets; uppercase: targets too long for max_length (all dropped); length: no training data
+    rows = [json.loads(line) for line in (ROOT / "recipes/data/demo/train.jsonl").read_text().splitlines()]
+    train = []
+    for i, row in enumerate(rows):
+        if row["task"] == "length":
+            continue
+        if row["task"] == "add" and i % 10 == 0:
+            row["target"] = ""
+        if row["task"] == "uppercase":
+            row["target"] = "X" * 200
+        train.append(json.dumps(row))
+    (tmp_path / "train.jsonl").write_text("\n".join(train) + "\n")
+    empty = sum(1 for line in train if json.loads(line)["target"] == "")
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
+    command += ["train.max_steps=1", "eval.max_examples_per_task=1", "model.quantization=none"]
+    command += ["deepspeed.config=ds_configs/zero2.json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"warning: {empty} training examples of task 'add' have an empty target" in result.stderr
+    assert "drops every example of tasks ['uppercase']" in result.stderr
+    assert "scored tasks without training data: ['length']" in result.stderr
+    scores = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert scores["untrained_tasks"] == ["length"] and "length" in scores["tasks"]
+    assert "Scored without any training data" in (tmp_path / "out" / "eval.md").read_text()
+
+
+def test_the_recipe_stops_on_a_stale_lock_instead_of_hanging(tmp_path):
+    lock = tmp_path / ops.SHM_COMM / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    os.utime(lock, (time.time() - 900, time.time() - 900))
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", "train.max_steps=1"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert str(lock) in result.stderr and "interrupted" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_recipe_refuses_int8_under_zero3_before_loading_a_model():
+    result = subprocess.run(
+        [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml", "model.quantization=int8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "int8 with ZeRO-3" in result.stderr and "Traceback" not in result.stderr
+    assert "Loading weights" not in result.stderr + result.stdout  # refused before any model loads

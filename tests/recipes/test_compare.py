@@ -1,0 +1,204 @@
+"""recipes/compare.py (the seesaw report), recipes/evaluate.py and recipes/export.py end to end on the tiny config."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+import cgc
+from cgc.analysis.report import LABELS
+from cgc.models.tiny import char_tokenizer, tiny_model
+from tests.conftest import ROOT
+
+TINY = "recipes/configs/tiny_cpu.yaml"
+# Few steps, 2 examples per task, a float base on one process: the report's plumbing, not its numbers.
+FAST = [
+    "train.max_steps=4",
+    "train.save_every=2",
+    "eval.max_examples_per_task=2",
+    "model.quantization=none",
+    "deepspeed.config=ds_configs/zero2.json",
+]
+# compare.py's own knobs at their smallest: 2 seeds, a 2-lr grid of 2-step runs, 2 validation examples a task.
+COMPARE = ["--seeds", "2", "--lr_grid", "3e-3,1e-2", "--grid_steps", "2", "--validation_per_task", "2"]
+COMPARE += ["--eval_examples", "2"]
+
+
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # The first call is cut short in the first final run (stop_after: checkpoint at step 2, then exit), as an
+    # interruption would; the second call, the same command, resumes that run and does the rest.
+    first = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST, "train.stop_after=2")
+    second = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    return out, first, second
+
+
+def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(compared):
+    out, _, second = compared
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == list(LABELS)  # shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA
+    budget = report["setup"]["budget_rank"]
+    assert budget == 4 * 15  # the tiny config's CGC: r=4, 3 clusters x (2 shared + 3 tasks x 1)
+    tasks = list(report["tasks"])
+    assert len(tasks) == 9 and report["tasks"]["sort_words"] == "rouge_l"
+    validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(validation) == 2 * 9
+    for name, row in report["methods"].items():
+        # The grid: one 2-step run per lr, scored on the validation split only; the best score's lr is the choice.
+        for lr in ("0.003", "0.01"):
+            grid_run = out / "grid" / name / f"lr_{lr}"
+            assert json.loads((grid_run / "run_summary.json").read_text())["steps"] == 2
+            predictions = [json.loads(line) for line in (grid_run / "eval_predictions.jsonl").read_text().splitlines()]
+            assert sorted((p["task"], p["input"]) for p in predictions) == sorted(
+                (v["task"], v["input"]) for v in validation
+            )
+            assert row["grid"][lr] == json.loads((grid_run / "eval.json").read_text())["mean"]
+        assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
+        seed_scores = []
+        for seed in (0, 1):
+            summary = json.loads((out / name / f"seed_{seed}" / "run_summary.json").read_text())
+            evaluation = json.loads((out / name / f"seed_{seed}" / "eval.json").read_text())
+            config = yaml.safe_load((out / name / f"seed_{seed}" / "config.yaml").read_text())
+            assert summary["finished"] and summary["steps"] == 4
+            assert config["seed"] == seed and config["train"]["lr"] == row["lr"]
+            assert row["trainable_params"] == summary["trainable_params"] > 0
+            seed_scores.append(evaluation["mean"])
+        assert row["seed_means"] == pytest.approx(seed_scores)
+        assert row["mean"] == pytest.approx(np.mean(seed_scores)) and row["mean_std"] == pytest.approx(
+            np.std(seed_scores, ddof=1)
+        )
+        assert budget - row["experts_per_layer"] < row["total_rank"] <= budget  # matched as integer ranks allow
+        assert row["r"] >= 4  # no degenerate experts
+        reference = report["methods"]["per_task_lora"]["scores"]
+        assert row["delta_vs_per_task_lora"] == pytest.approx({t: row["scores"][t] - reference[t] for t in tasks})
+        assert row["worst_drop"] == pytest.approx(max(0.0, -min(row["delta_vs_per_task_lora"].values())))
+        assert f"{row['trainable_params']:,}" in second.stdout  # the parameter counts are printed before training
+    comparison = report["comparison"]
+    assert comparison["baseline"] in LABELS and comparison["baseline"] != "cgc_lora"
+    assert comparison["low"] <= comparison["difference"] <= comparison["high"]
+    # The gates: 9 tasks x 2 blocks of the tiny model, shares in [0, 1].
+    shares = report["gates"]["own_share"]
+    assert set(shares) == set(tasks) and all(len(s) == 2 and all(0 <= v <= 1 for v in s) for s in shares.values())
+    markdown = (out / "report.md").read_text()
+    for label in LABELS.values():
+        assert f"| {label} |" in markdown
+    for text in ("worst drop vs per-task LoRA", "seesaw.png", "gates.png", "Gates: on average", "95 % interval"):
+        assert text in markdown
+    assert "task hidden from the input (only task-id methods can know it)" in markdown  # the demo's hidden variant
+    for image in ("seesaw.png", "gates.png"):
+        png = (out / image).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
+    out, first, second = compared
+    assert first.returncode != 0 and "Run the same command again to resume it" in first.stderr
+    assert "resumed from" in second.stdout and "step 2" in second.stdout
+    metrics = (out / "shared_lora" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
+    report = (out / "report.json").read_text()
+    start = time.time()
+    # The same grid spelled another way (a repeated lr counts once): every run is kept.
+    same = [arg if arg != "3e-3,1e-2" else "0.003,3e-3,1e-2" for arg in COMPARE]
+    third = run("recipes/compare.py", "--config", TINY, "--out", out, *same, *FAST)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert third.stdout.count("done earlier, kept") == 4 * (2 + 2) and "steps, lr" not in third.stdout
+    assert time.time() - start < 60
+    assert json.loads((out / "report.json").read_text())["methods"] == json.loads(report)["methods"]
+
+
+def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_runs(compared):
+    out, _, _ = compared
+    before = (out / "report.json").read_text()
+    result = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, "--grid_steps", "3", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert (
+        "grid/shared_lora/lr_0.003 was made with other settings (train.max_steps, train.warmup_steps differ)"
+        in result.stderr
+    )
+    other_split = [*COMPARE, "--validation_per_task", "3"]
+    result = run("recipes/compare.py", "--config", TINY, "--out", out, *other_split, *FAST)
+    assert result.returncode == 2 and "holds a split made with other data settings" in result.stderr
+    assert len((out / "data" / "validation.jsonl").read_text().splitlines()) == 2 * 9  # left as it was
+    assert (out / "report.json").read_text() == before
+
+
+def test_evaluate_recipe_reproduces_the_eval_phase_of_finetune(compared, tmp_path):
+    out, _, _ = compared
+    run_dir = out / "cgc_lora" / "seed_0"
+    result = run(
+        "recipes/evaluate.py", "--config", TINY, "--adapter", run_dir / "adapters/cgc", "--out", tmp_path, *FAST
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((run_dir / "eval.json").read_text())
+    assert (tmp_path / "eval_predictions.jsonl").read_text() == (run_dir / "eval_predictions.jsonl").read_text()
+    assert (tmp_path / "eval.md").read_text().startswith("| task | cluster | metric | score |")
+
+
+def test_evaluate_and_export_refuse_a_missing_adapter_in_one_line(tmp_path):
+    for script in ("recipes/evaluate.py", "recipes/export.py"):
+        result = run(script, "--config", TINY, "--adapter", tmp_path / "nothing")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"no cgc adapter at {tmp_path / 'nothing'}" in result.stderr
+
+
+@torch.no_grad()
+def test_exported_adapters_serve_mixed_batches_with_peft_and_merged_models_match(compared, tmp_path):
+    out, _, _ = compared
+    adapter = out / "cgc_lora" / "seed_0" / "adapters" / "cgc"
+    result = run(
+        "recipes/export.py",
+        "--config",
+        TINY,
+        "--adapter",
+        adapter,
+        "--out",
+        tmp_path,
+        "--merge",
+        "--tasks",
+        "add,uppercase",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["add", "uppercase"]
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == ["add", "uppercase"]
+    assert json.loads((tmp_path / "export.json").read_text())["lora_rank"] == 12
+
+    model = cgc.load_adapter(tiny_model("tiny-llama", seed=0), adapter).eval()  # the config's seed-0 base
+    trained = [p for n, p in model.trainable_parameters() if n.endswith("lora_B")]
+    assert any(p.abs().sum() > 0 for p in trained)  # 4 steps moved B off zero: the comparison below means something
+    tokenizer = char_tokenizer()
+    batch = tokenizer(["12 30", "cat dog", "7 5"], return_tensors="pt", padding=True)
+    tasks = ["add", "uppercase", "add"]
+    expected = model(**batch, task_ids=tasks).logits
+
+    served = PeftModel.from_pretrained(tiny_model("tiny-llama", seed=0), tmp_path / "peft" / "add", adapter_name="add")
+    served.load_adapter(tmp_path / "peft" / "uppercase", adapter_name="uppercase")
+    served.eval()
+    torch.testing.assert_close(served(**batch, adapter_names=tasks).logits, expected, atol=1e-5, rtol=1e-4)
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "add").eval()
+    add_rows = [0, 2]
+    torch.testing.assert_close(merged(**batch).logits[add_rows], expected[add_rows], atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_the_base_model_alone(tmp_path):
+    result = run("recipes/evaluate.py", "--config", TINY, "--adapter", "none", "--out", tmp_path, *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluating the base model tiny-llama alone" in result.stdout
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert len(scores["tasks"]) == 9 and all(r["n"] == 2 for r in scores["tasks"].values())
