@@ -84,7 +84,7 @@ def main():
 
 
 def random_adapter(cfg, out: Path) -> None:
-    base, _ = load_base_model(cfg.model.name_or_path, cfg.model.gguf_file, torch.float32)
+    base, _ = load_base_model(cfg.model.name_or_path, cfg.model.gguf_file, torch.float32, seed=cfg.seed)
     model = cgc.attach(base, cfg.cgc)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -159,7 +159,7 @@ def load_test(server: Server, requests, cfg, args, by_task: bool) -> dict:
 
 
 def cgc_generate(cfg, adapter: Path, requests, args) -> dict:
-    base, tokenizer = load_base_model(cfg.model.name_or_path, cfg.model.gguf_file, torch.float32)
+    base, tokenizer = load_base_model(cfg.model.name_or_path, cfg.model.gguf_file, torch.float32, seed=cfg.seed)
     model = cgc.load_adapter(base, adapter).eval()
     collate = MultiTaskCollator(tokenizer.pad_token_id, padding_side="left")
     batches = [requests[i : i + args.concurrency] for i in range(0, len(requests), args.concurrency)]

@@ -67,7 +67,7 @@ def cluster(args) -> None:
 
     by_task = sample_by_task(load_examples(args.data, format=args.format), args.examples_per_task, args.seed)
     print(f"measuring gradient affinity of {len(by_task)} tasks on {args.model} ...", file=sys.stderr)
-    model, tokenizer = load_base_model(args.model, args.gguf_file)
+    model, tokenizer = load_base_model(args.model, args.gguf_file, seed=args.seed)  # --seed: a tiny model's too
     clusters, affinity = cluster_tasks(
         model,
         tokenizer,

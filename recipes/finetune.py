@@ -240,7 +240,8 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
             lrs = dict(zip(lr_groups, scheduler.get_last_lr(), strict=True))
             record = total.record(step, lrs, grad_norm, phases.step_seconds())
             with gathered((p for n, p in model.trainable_parameters() if n.endswith("gate_logits")), zero3):
-                log.write(record, mean_gates(model))
+                gates = mean_gates(model)
+            log.write(record, gates)
             progress.set_postfix(loss=f"{final_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         progress.update()
         phases.mark("log")

@@ -21,8 +21,11 @@ class CGCError(ValueError):
     empty), so a caller can merge them into a report of its own without parsing text."""
 
     def __init__(self, message: str, problems: Iterable[str] = ()):
-        self.problems = list(problems)
+        self.message, self.problems = message, list(problems)
         super().__init__(bulleted(message, self.problems) if self.problems else message)
+
+    def __reduce__(self):  # pickled (e.g. across processes) with its problems, not only the joined text
+        return type(self), (self.message, self.problems)
 
 
 class AdapterConfigError(CGCError):

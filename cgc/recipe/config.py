@@ -139,6 +139,15 @@ class RecipeConfig:
         return dataclasses.asdict(self)
 
 
+def __getattr__(name: str):
+    # The README's key table was made here before cgc.recipe.key_table (which imports this module) held it.
+    if name in ("key_table", "key_table_markdown"):
+        from cgc.recipe import key_table
+
+        return getattr(key_table, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_recipe_config(
     path: str | os.PathLike, overrides: list[str] = (), root: str | os.PathLike = ".", check_paths: bool = True
 ) -> RecipeConfig:

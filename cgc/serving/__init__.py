@@ -2,7 +2,9 @@
 (`vllm`: its command line, readiness and stop, the base model written once for it, stale exports)."""
 
 from cgc.serving.vllm import (
+    BASE_MARKER,
     BASE_MODEL_NAME,
+    VLLM_LORA_RANKS,
     base_dir_is_current,
     example_client,
     mark_base_dir,
@@ -13,13 +15,17 @@ from cgc.serving.vllm import (
     vllm_server_command,
     wait_until_answering,
 )
+from cgc.training.run_dir import find_run_adapter as run_adapter  # its name before the package move
 
 __all__ = [
+    "BASE_MARKER",
     "BASE_MODEL_NAME",
+    "VLLM_LORA_RANKS",
     "base_dir_is_current",
     "example_client",
     "mark_base_dir",
     "port_in_use",
+    "run_adapter",
     "stale_exports",
     "stop_server",
     "vllm_lora_rank",

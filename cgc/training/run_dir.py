@@ -98,10 +98,8 @@ def find_run_adapter(output_dir: str | Path, adapter: str | Path | None, tasks: 
     way out."""
     path = Path(adapter) if adapter else RunDir(output_dir).cgc_adapter
     if not (path / CONFIG_NAME).is_file():
-        raise RunDirError(
-            f"no cgc adapter at {path} ({CONFIG_NAME} missing): the run has not finished; train first "
-            "(make demo), or pass --adapter"
-        )
+        why = "not a cgc adapter directory" if adapter else "the run has not finished; train first, or pass --adapter"
+        raise RunDirError(f"no cgc adapter at {path} ({CONFIG_NAME} missing): {why}")
     known = CGCLoraConfig.load(path).tasks
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else known
     unknown = [t for t in chosen if t not in known]

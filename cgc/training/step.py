@@ -42,7 +42,8 @@ def train_step(engine, micro_batches, sampler, grad_accum: int, logits_to_keep: 
         )
         phases.mark("stats")
     grad_norm = engine.get_global_grad_norm()
+    grad_norm = None if grad_norm is None else float(grad_norm)
     if engine.zero_optimization_stage() == 3:
         clear_zero3_gradient_partitions(engine)
     phases.mark("optimizer")
-    return stats, None if grad_norm is None else float(grad_norm)
+    return stats, grad_norm
