@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     resumed = Resumed(resume(engine, sampler, resume_dir), resume_dir, identity)
     preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
     result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
-    finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank)
+    finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank, sampler)
     barrier()
     del keep_alive
 
@@ -261,7 +261,9 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
     return TrainResult(step, step >= cfg.train.max_steps, final_loss, tokens, padded, phases)
 
 
-def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: TrainResult, preempted, world, rank):
+def finish(
+    cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: TrainResult, preempted, world, rank, sampler
+):
     """A finished run: per-task eval (eval.json/md, predictions) and adapters/. Every run: run_summary.json.
 
     A signal during eval stops it at the next batch (eval can be long; its outputs are not written) and the
@@ -276,7 +278,8 @@ def finish(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, result: Trai
         if eval_status != "interrupted" and any_rank(preempted.requested):
             print0(f"\n{preempted.name} received after training: eval and export finished first", file=sys.stderr)
     zero_stage = inputs.ds_config["zero_optimization"].get("stage", 0)
-    summary = run_summary(model, result, world, zero_stage, cfg.model.quantization, eval_status)
+    seen = sampler.examples_per_task(result.step * cfg.train.grad_accum)  # each task's examples over the run
+    summary = run_summary(model, result, world, zero_stage, cfg.model.quantization, eval_status, seen)
     if rank == 0:
         out.summary.write_text(json.dumps(summary, indent=2) + "\n")
         print0(f"\nrun summary: {out.summary}\nTensorBoard: tensorboard --logdir {out.tensorboard}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -12,6 +13,10 @@ from cgc.adapter.task_map import TaskMap
 
 CONFIG_NAME = "cgc_config.json"
 InvalidConfigError = AdapterConfigError  # its name before cgc.CGCError had subclasses per layer
+SCALINGS = ("rslora", "lora")
+GATE_INITS = ("uniform", "own", "random")
+# What a saved config that lacks a key was written with: the only behaviour versions before the key had.
+SAVED_BEFORE = {"scaling": "lora", "gate_init": "uniform", "train_gate": True, "r_shared": None, "r_task": None}
 
 
 @dataclass(frozen=True)
@@ -20,10 +25,18 @@ class CGCLoraConfig:
 
     clusters: cluster name -> its tasks. Every task belongs to exactly one cluster; task ids follow the
         order in which tasks are listed here, so they stay stable across save/load.
-    r: rank of each expert.  alpha: LoRA scaling numerator (scaling = alpha / r).
+    r: rank of each expert (r_shared / r_task: of the shared / the task experts, when they differ).
     num_shared_experts (S): experts shared by all tasks of a cluster.
     num_task_experts (K): experts owned by a single task.
     target_modules: module-name suffixes (PEFT semantics) or one regex matched against the full name.
+    scaling: how task t's experts are weighted (cgc.adapter.layer): "rslora" (the default) gives expert k the
+        weight w_k = alpha / sqrt(R) * n * g_{t,k}, with R = S*r_shared + K*r_task the rank of the task's experts,
+        n = S + K and g_t the gate (a softmax, summing to 1): at a uniform gate every expert weighs
+        alpha / sqrt(R), so every task is an rsLoRA of rank R and a first optimizer step changes a layer's output
+        by about as much for any split of R into experts (tests/adapter/test_step_size.py). "lora": w_k =
+        alpha / r * g_{t,k}, the rule of versions before 0.2 (their saved adapters load with it).
+    gate_init: the gate logits' start: "uniform" (zeros), "own" (the task's own experts ahead, see
+        OWN_BIAS) or "random" (normal, std RANDOM_STD).  train_gate: False keeps the gate uniform (no logits).
 
     Frozen: `task_map` (task name <-> id, id -> cluster) is built once from `clusters` and must not drift from
     it; use `dataclasses.replace` for a changed copy.
@@ -32,7 +45,9 @@ class CGCLoraConfig:
     # metadata["help"]: one line per field, shown in the README's recipe key table (cgc.recipe.key_table).
     clusters: dict[str, list[str]] = field(metadata={"help": "cluster -> its tasks; task ids follow this order"})
     r: int = field(default=8, metadata={"help": "rank of each expert; a task's export has rank (S+K)·r"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scaling = alpha / r)"})
+    alpha: float = field(
+        default=16.0, metadata={"help": "scaling numerator: an expert weighs alpha/sqrt(S·r+K·r) at a uniform gate"}
+    )
     num_shared_experts: int = field(default=2, metadata={"help": "S: experts shared by the tasks of a cluster"})
     num_task_experts: int = field(default=1, metadata={"help": "K: experts of each task alone"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input"})
@@ -40,6 +55,16 @@ class CGCLoraConfig:
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "module-name suffixes (PEFT rules) or one regex; more modules: more capacity and compute"},
     )
+    r_shared: int | None = field(default=None, metadata={"help": "rank of each shared expert (null: r)"})
+    r_task: int | None = field(default=None, metadata={"help": "rank of each task's own expert (null: r)"})
+    scaling: str = field(
+        default="rslora",
+        metadata={"help": "`rslora`: alpha/sqrt(task rank) x experts x gate; `lora`: alpha/r x gate (before 0.2)"},
+    )
+    gate_init: str = field(
+        default="uniform", metadata={"help": "gate logits' start: `uniform`, `own` (own experts ahead) or `random`"}
+    )
+    train_gate: bool = field(default=True, metadata={"help": "false: the gate stays uniform (no gate parameters)"})
 
     def __post_init__(self):
         # Normalise containers first so that the JSON round trip compares equal.
@@ -80,6 +105,16 @@ class CGCLoraConfig:
         if _is_int(self.num_shared_experts) and _is_int(self.num_task_experts):
             if self.num_shared_experts + self.num_task_experts == 0:
                 found.append("num_shared_experts + num_task_experts (S + K) is 0: a task would have no expert")
+        for key in ("r_shared", "r_task"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or value < 1):
+                found.append(f"{key} must be an integer >= 1 or null, got {value!r}")
+        if self.scaling not in SCALINGS:
+            found.append(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.gate_init not in GATE_INITS:
+            found.append(f"gate_init must be one of {GATE_INITS}, got {self.gate_init!r}")
+        if not isinstance(self.train_gate, bool):
+            found.append(f"train_gate must be true or false, got {self.train_gate!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
             found.append(f"alpha must be a number > 0, got {self.alpha!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
@@ -109,22 +144,42 @@ class CGCLoraConfig:
         return list(self._task_map.tasks)
 
     @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
+    def shared_rank(self) -> int:
+        return self.r if self.r_shared is None else self.r_shared
+
+    @property
+    def task_rank(self) -> int:
+        return self.r if self.r_task is None else self.r_task
 
     @property
     def experts_per_task(self) -> int:
-        """S + K: the experts one task mixes; its exported LoRA has rank (S + K) * r."""
+        """S + K: the experts one task mixes."""
         return self.num_shared_experts + self.num_task_experts
 
     @property
     def exported_rank(self) -> int:
-        """(S + K) * r: the rank of each task's exported PEFT LoRA (and what a server must allow per adapter)."""
-        return self.experts_per_task * self.r
+        """S*r_shared + K*r_task: the rank of each task's exported PEFT LoRA (what a server must allow per
+        adapter)."""
+        return self.num_shared_experts * self.shared_rank + self.num_task_experts * self.task_rank
+
+    def gate_multipliers(self) -> list[float]:
+        """m_k for each of a task's S + K experts (shared first): expert k weighs w_k = m_k * g_{t,k}, so at a
+        uniform gate (g = 1 / (S + K)) it weighs m_k / (S + K). See `scaling`."""
+        if self.scaling == "lora":  # before 0.2: alpha / r per expert times a gate that sums to 1
+            return [self.alpha / self.shared_rank] * self.num_shared_experts + [
+                self.alpha / self.task_rank
+            ] * self.num_task_experts
+        n = self.experts_per_task
+        return [self.alpha * n / math.sqrt(self.exported_rank)] * n
 
     def num_experts(self, cluster: str) -> int:
         """S + K * |T_c|: experts stored for one cluster on every adapted layer."""
         return self.num_shared_experts + self.num_task_experts * len(self.clusters[cluster])
+
+    def cluster_rank(self, cluster: str) -> int:
+        """S*r_shared + K*r_task*|T_c|: the rank of all of a cluster's experts on one layer."""
+        K, tasks = self.num_task_experts, len(self.clusters[cluster])
+        return self.num_shared_experts * self.shared_rank + K * self.task_rank * tasks
 
     # ---- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -132,11 +187,13 @@ class CGCLoraConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> CGCLoraConfig:
+        """A saved config (cgc_config.json): a key it lacks takes the value of the versions that wrote it without
+        it (SAVED_BEFORE: e.g. an adapter saved before 0.2 keeps scaling "lora"), so it loads as it was trained."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown CGCLoraConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return cls(**{**SAVED_BEFORE, **data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

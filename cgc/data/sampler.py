@@ -239,6 +239,20 @@ class ClusterAwareBatchSampler:
         self._ensure_schedule()
         return dict(self._usage)
 
+    def examples_per_task(self, micro_steps: int) -> dict[str, int]:
+        """Examples of each task the first `micro_steps` micro-steps of the run draw (over all ranks and epochs, from
+        epoch 0; the state of this sampler is left as it is): what each task, and each task's own experts, saw."""
+        counts = dict.fromkeys(self.task_map.tasks, 0)
+        epoch = 0
+        while micro_steps > 0:
+            schedule, _ = self._build_schedule(epoch)
+            for _, step in schedule[:micro_steps]:
+                for task_id in self.task_of_example[step]:
+                    counts[self.task_map.tasks[task_id]] += 1
+            micro_steps -= len(schedule)
+            epoch += 1
+        return counts
+
     # ---- checkpointing -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {

@@ -76,7 +76,9 @@ class TrainSection:
     micro_batch_size: int = knob(4, "examples per rank per micro-step")
     grad_accum: int = knob(1, "micro-steps per optimizer step")
     lr: float = knob(2e-4, "peak learning rate of the experts (A, B)")
-    gate_lr: float = knob(1e-2, "learning rate of the gate logits (no weight decay)")
+    gate_lr: float = knob(
+        1e-2, "the gate logits' own learning rate, from the first step to the last (no warmup, decay or weight decay)"
+    )
     weight_decay: float = knob(0.0, "AdamW weight decay of the experts")
     schedule: str = knob("cosine", "`cosine`, `linear` or `constant` (after warmup)")
     warmup_steps: int = knob(0, "linear warmup steps")

@@ -1,4 +1,8 @@
-"""The recipe's optimizer and learning-rate schedule: experts and gates as parameter groups of their own."""
+"""The recipe's optimizer and learning-rate schedule: experts and gates as parameter groups of their own.
+
+The experts follow train.schedule (warmup, then cosine / linear / constant). The gates keep train.gate_lr from the
+first step to the last: their gradient is zero until the experts have moved (cgc.adapter.layer), and a warmup
+and decay on top left a 40-step run's logits moving by at most ~0.1 (docs/experiments.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,15 @@ def optimizer_and_schedule(model: CGCModel, train, ds_config: dict):
         # the default kernel took a quarter of a CPU step (benchmarks/recipe_speed.py phase_seconds).
         optimizer = torch.optim.AdamW(groups, fused=True)
     schedule = "constant_with_warmup" if train.schedule == "constant" else train.schedule
-    scheduler = get_scheduler(
+    # transformers' schedule gives the experts' factor per step; the gates' is 1 (a LambdaLR of one factor each)
+    experts = get_scheduler(
         schedule, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps
     )
-    return optimizer, scheduler, [g["name"] for g in groups]
+    names = [g["name"] for g in groups]
+    factors = [constant if name == "gates" else experts.lr_lambdas[0] for name in names]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors), names
+
+
+def constant(step: int) -> float:
+    """The gates' factor on train.gate_lr at every step."""
+    return 1.0

@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from cgc.adapter.config import SAVED_BEFORE as CGC_SAVED_BEFORE
 from cgc.adapter.errors import bulleted
 from cgc.training.distributed import barrier, print0
 from cgc.training.run_dir import IDENTITY_FILE, RunDir, RunDirError
@@ -26,7 +27,13 @@ SHAPE_KEYS = (
     "cgc.num_shared_experts",
     "cgc.num_task_experts",
     "cgc.target_modules",
+    "cgc.r_shared",
+    "cgc.r_task",
+    "cgc.scaling",
+    "cgc.train_gate",
 )
+# A key a saved identity lacks was written by a version without it, which had one behaviour: that value.
+SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()}
 
 
 def fingerprint(cfg) -> dict:
@@ -57,8 +64,9 @@ def differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """-> (differences that refuse a resume, differences that are allowed), each as "key: saved -> now"."""
     refused, allowed = [], []
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
-            line = f"{key}: {json.dumps(saved.get(key))} -> {json.dumps(now.get(key))}"
+        before = saved.get(key, SAVED_BEFORE.get(key))
+        if before != now.get(key):
+            line = f"{key}: {json.dumps(before)} -> {json.dumps(now.get(key))}"
             (refused if key in SHAPE_KEYS else allowed).append(line)
     return refused, allowed
 

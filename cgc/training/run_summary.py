@@ -21,9 +21,16 @@ class TrainResult:
 
 
 def run_summary(
-    model: CGCModel, result: TrainResult, world: int, zero_stage: int, quantization: str, eval_status: str
+    model: CGCModel,
+    result: TrainResult,
+    world: int,
+    zero_stage: int,
+    quantization: str,
+    eval_status: str,
+    examples_per_task: dict[str, int],
 ) -> dict:
-    """run_summary.json's content (a collective: every rank calls it; rank 0 writes it)."""
+    """run_summary.json's content (a collective: every rank calls it; rank 0 writes it). `examples_per_task`: the
+    training examples of each task the run's steps drew (ClusterAwareBatchSampler.examples_per_task)."""
     base_bytes_total, base_bytes_rank = base_param_bytes(model)
     return {
         "world_size": world,
@@ -40,6 +47,7 @@ def run_summary(
         "tokens_per_s": result.tokens / max(result.phases.training_seconds(), 1e-9),  # steps only: no load, saves, eval
         "padding_fraction": padding_fraction(result.tokens, result.padded_tokens),
         "phase_seconds": result.phases.seconds,  # rank 0's; a step's collectives are inside backward/optimizer
+        "examples_per_task": examples_per_task,
     }
 
 

@@ -9,14 +9,27 @@ import cgc
 from tests.conftest import batch, make_config, randomize_adapter, tiny_llama
 
 
-def expert_pair(experts: cgc.ClusterExperts, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_k (r, d_in), B_k (d_out, r): expert k is rank rows k*r:(k+1)*r of the stacked tensors."""
-    r = experts.r
-    return experts.lora_A[k * r : (k + 1) * r], experts.lora_B[:, k * r : (k + 1) * r]
+def expert_pair(experts: cgc.ClusterExperts, config: cgc.CGCLoraConfig, k: int):
+    """A_k (r_k, d_in), B_k (d_out, r_k): the S shared experts are the first rows (r_shared each), then the K
+    experts of each task in task order (r_task each)."""
+    S = config.num_shared_experts
+    r_shared, r_task = config.r_shared or config.r, config.r_task or config.r
+    start, rank = (k * r_shared, r_shared) if k < S else (S * r_shared + (k - S) * r_task, r_task)
+    return experts.lora_A[start : start + rank], experts.lora_B[:, start : start + rank]
+
+
+def expert_weight(config: cgc.CGCLoraConfig, g: torch.Tensor, slot: int) -> torch.Tensor:
+    """w_{t,k}: "rslora", alpha * (S+K) / sqrt(S*r_shared + K*r_task) * g_k (every expert alpha / sqrt(R) at a
+    uniform gate); "lora", alpha / r_k * g_k."""
+    S, K = config.num_shared_experts, config.num_task_experts
+    r_shared, r_task = config.r_shared or config.r, config.r_task or config.r
+    if config.scaling == "lora":
+        return config.alpha / (r_shared if slot < S else r_task) * g[slot]
+    return config.alpha * (S + K) / (S * r_shared + K * r_task) ** 0.5 * g[slot]
 
 
 def reference_layer_output(layer: cgc.CGCLinear, config: cgc.CGCLoraConfig, x: torch.Tensor, tasks: list[str]):
-    """h = W0 x + (alpha/r) Σ_{k ∈ S_c ∪ P_t} g_{t,k} B_k A_k x, one sample and one expert at a time."""
+    """h = W0 x + Σ_{k ∈ S_c ∪ P_t} w_{t,k} B_k A_k x, one sample and one expert at a time."""
     S, K = config.num_shared_experts, config.num_task_experts
     rows = []
     for b, task in enumerate(tasks):
@@ -24,13 +37,13 @@ def reference_layer_output(layer: cgc.CGCLinear, config: cgc.CGCLoraConfig, x: t
         cluster = next(c for c, members in config.clusters.items() if task in members)
         j = config.clusters[cluster].index(task)
         experts = layer.experts[cluster]
-        logits = experts.gate_logits[j] if experts.gate_logits is not None else torch.zeros(1)
+        logits = experts.gate_logits[j] if experts.gate_logits is not None else torch.zeros(S + K)
         g = torch.softmax(logits, dim=-1)
         expert_ids = list(range(S)) + [S + j * K + k for k in range(K)]
         h = F.linear(x[b], layer.base_layer.weight, layer.base_layer.bias)
         for slot, e in enumerate(expert_ids):
-            a, b_k = expert_pair(experts, e)
-            h = h + config.scaling * g[slot] * (x[b] @ a.T @ b_k.T)
+            a, b_k = expert_pair(experts, config, e)
+            h = h + expert_weight(config, g, slot) * (x[b] @ a.T @ b_k.T)
         rows.append(h)
     return torch.stack(rows)
 
@@ -66,9 +79,12 @@ def test_zero_B_equals_base_model(base_factory):
     ],
 )
 @pytest.mark.parametrize("experts", [(2, 1), (1, 2)], ids=["S2K1", "S1K2"])  # S1K2: 'math' takes the gather path
-def test_layer_matches_loop_reference(base_factory, experts, tasks):
+@pytest.mark.parametrize(
+    "shape", [{}, {"scaling": "lora"}, {"r_shared": 6, "r_task": 2}], ids=["rslora", "lora", "ranks6-2"]
+)
+def test_layer_matches_loop_reference(base_factory, experts, tasks, shape):
     S, K = experts
-    cgc_model = cgc.attach(base_factory(), make_config(num_shared_experts=S, num_task_experts=K))
+    cgc_model = cgc.attach(base_factory(), make_config(num_shared_experts=S, num_task_experts=K, **shape))
     randomize_adapter(cgc_model)
     config = cgc_model.cgc_config
     for name, layer in cgc_model.adapted_layers().items():

@@ -1,6 +1,8 @@
 """The four methods of the comparison (shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA: README, top) as configurations
 of the same layer, with matched trainable-parameter budgets."""
 
+import dataclasses
+
 import pytest
 
 import cgc
@@ -26,7 +28,8 @@ def test_each_preset_has_the_shape_of_its_method():
     ours = cgc.presets.cgc_lora(CLUSTERS, num_shared=2, num_task=1, r=2)
     assert ours.clusters == CLUSTERS
     for config in (shared, per_task, moe, ours):
-        assert config.scaling == 2.0  # alpha follows r unless given
+        # one alpha and the rsLoRA rule for every method: their first steps are of one size (test_step_size.py)
+        assert (config.alpha, config.scaling) == (16.0, "rslora")
 
 
 @pytest.mark.parametrize("budget", [45, 90])
@@ -59,3 +62,49 @@ def test_matched_budget_raises_a_small_budget_so_that_no_expert_rank_is_below_th
         matched_budget(CLUSTERS, budget_rank=0)
     with pytest.raises(ValueError, match="must be >= 1"):
         matched_budget(CLUSTERS, budget_rank=8, min_rank=0)
+
+
+DEMO_CLUSTERS = {"words": ["a", "b", "c"], "numbers": ["d", "e", "f"], "letters": ["g", "h", "i"]}
+
+
+def test_a_served_budget_gives_every_method_cgc_loras_rank_per_task():
+    configs = matched_budget(DEMO_CLUSTERS, 120, match="served", methods=tuple(cgc.presets.LABELS))
+    ours = configs["cgc_lora"]
+    assert ours == matched_budget(DEMO_CLUSTERS, 120)["cgc_lora"]  # CGC-LoRA itself is the same under both budgets
+    served = {name: config.exported_rank for name, config in configs.items()}
+    assert served.pop("moelora_per_cluster") == 20  # 5 experts of rank 24 // 5: as near as integer ranks allow
+    assert set(served.values()) == {ours.exported_rank} == {24}
+
+
+def test_the_controls_take_one_piece_of_cgc_lora_away():
+    configs = matched_budget(DEMO_CLUSTERS, 120, methods=tuple(cgc.presets.LABELS))
+    ours = configs["cgc_lora"]
+    no_gate = configs["cgc_no_gate"]
+    assert no_gate == dataclasses.replace(ours, train_gate=False)
+    assert (
+        cgc.attach(tiny_llama(), dataclasses.replace(no_gate, target_modules=["q_proj"])).optimizer_groups(1, 1)[-1][
+            "name"
+        ]
+        == "experts"
+    )  # no gate parameters at all
+    per_cluster = configs["moelora_per_cluster"]
+    assert per_cluster.clusters == ours.clusters and per_cluster.num_task_experts == 0
+    assert per_cluster.num_shared_experts == 5  # CGC-LoRA's 15 experts over 3 clusters, all shared
+    assert list(configs["cgc_one_cluster"].clusters) == ["all"]
+    assert configs["cgc_task_clusters"].clusters == {t: [t] for ts in DEMO_CLUSTERS.values() for t in ts}
+    for name in ("cgc_one_cluster", "cgc_task_clusters"):
+        assert (configs[name].num_shared_experts, configs[name].num_task_experts) == (2, 1)
+    for name, config in configs.items():  # the trainable budget, as integer ranks allow
+        assert 120 - total_rank(config) < max(config.num_experts(c) for c in config.clusters) * len(config.clusters)
+        assert total_rank(config) <= 120, name
+
+
+def test_shared_and_own_experts_keep_the_ratio_of_their_ranks():
+    configs = matched_budget(DEMO_CLUSTERS, 168, methods=("cgc_lora", "shared_lora"), rank_ratio=(2, 1))
+    ours = configs["cgc_lora"]
+    assert (ours.shared_rank, ours.task_rank) == (16, 8) and total_rank(ours) == 3 * 2 * 16 + 9 * 8 == 168
+    assert configs["shared_lora"].r == 168
+    with pytest.raises(ValueError, match="match must be one of"):
+        matched_budget(DEMO_CLUSTERS, 120, match="both")
+    with pytest.raises(ValueError, match="unknown methods"):
+        matched_budget(DEMO_CLUSTERS, 120, methods=("cgc",))

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from cgc.analysis.gate_report import own_share, summary
-from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, markdown, verdict, write_report
+from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, verdict
+from cgc.analysis.report_files import markdown, write_report
 
 TASKS = {"add": "numbers", "uppercase": "words", "length": "letters"}
 
@@ -18,21 +19,23 @@ def seed_run(scores: dict[str, float], params: int) -> dict:
             for t, c in TASKS.items()
         }
     }
-    return {"eval": evaluation, "summary": {"trainable_params": params, "final_loss": 0.5, "tokens_per_s": 100.0}}
+    summary = {"trainable_params": params, "final_loss": 0.5, "tokens_per_s": 100.0}
+    return {"eval": evaluation, "summary": summary | {"examples_per_task": {"add": 30, "uppercase": 25, "length": 28}}}
 
 
 def method(*seeds: dict, params: int = 1000, lr: float = 1e-3) -> dict:
     return {
-        "config": {"r": 8, "experts_per_layer": 15, "total_rank": 120},
+        "config": {"r": 8, "experts_per_layer": 15, "total_rank": 120, "served_rank": 24, "clusters": 3},
         "lr": lr,
-        "gate_lr": 5 * lr,
+        "gate_lr": 5e-2,
         "grid": {"0.001": 0.4, "0.003": 0.3},
+        "export_bytes": 2_500_000,
         "seeds": [seed_run(s, params) for s in seeds],
     }
 
 
 SETUP = {"command": "python recipes/compare.py --config x.yaml", "model": "m", "steps": 10, "budget_rank": 120}
-SETUP |= {"examples_per_task": 16, "seeds": 2}
+SETUP |= {"examples_per_task": 16, "seeds": 2, "served_rank": 24}
 
 
 def test_means_stds_deltas_and_worst_drop_over_seeds():
@@ -44,8 +47,9 @@ def test_means_stds_deltas_and_worst_drop_over_seeds():
         "per_task_lora": method(scores(0.5, 0.8, 0.5), scores(0.5, 0.8, 0.5)),
         "cgc_lora": method(scores(0.75, 0.7, 0.6), scores(0.75, 0.7, 0.6)),
     }
-    report = build_report(runs, SETUP)
-    shared, cgc = report["methods"]["shared_lora"], report["methods"]["cgc_lora"]
+    report = build_report({"trainable": runs}, SETUP)
+    methods = report["budgets"]["trainable"]["methods"]
+    shared, cgc = methods["shared_lora"], methods["cgc_lora"]
     assert shared["scores"] == pytest.approx({"add": 0.8, "uppercase": 0.2, "length": 0.5})
     assert shared["scores_std"]["add"] == pytest.approx(0.1414, abs=1e-4) and shared["scores_std"]["length"] == 0
     assert shared["seed_means"] == pytest.approx([1.6 / 3, 1.4 / 3])
@@ -53,10 +57,13 @@ def test_means_stds_deltas_and_worst_drop_over_seeds():
     assert shared["delta_vs_per_task_lora"] == pytest.approx({"add": 0.3, "uppercase": -0.6, "length": 0.0})
     assert shared["worst_drop"] == pytest.approx(0.6)
     assert cgc["worst_drop"] == pytest.approx(0.1) and cgc["mean"] == pytest.approx(2.05 / 3)
-    assert report["methods"]["per_task_lora"]["worst_drop"] == 0.0
-    assert best_baseline(report["methods"]) == "per_task_lora"  # 0.6 beats shared LoRA's 0.5
+    assert methods["per_task_lora"]["worst_drop"] == 0.0
+    assert best_baseline(methods) == "per_task_lora"  # 0.6 beats shared LoRA's 0.5
+    assert shared["lr_at_edge"]  # 1e-3 is the grid's smallest: the best may lie below it
+    assert shared["examples_per_task"] == {"add": 30, "uppercase": 25, "length": 28}
     text = markdown(report)
-    assert "| LoRA (shared) | 8 | 15 | 1,000 | 0.001 | 0.500 ± 0.047 | 0.500 | 0.600 |" in text
+    row = "| LoRA (shared) | 3 | 8 | 15 | 24 | 1,000 | 2.5 MB | 0.001 (edge) | 0.500 ± 0.047 | 0.500 | 0.600 |"
+    assert row in text and "widen --lr_grid" in text
     assert "| uppercase | exact_match | -0.600 | +0.000 | -0.100 |" in text
     assert "| add | exact_match | 0.800 ± 0.141 |" in text
     assert "| LoRA (shared) | 0.400 | 0.300 | 0.001 |" in text  # the grid table
@@ -95,11 +102,28 @@ def test_gate_shares_per_block_are_the_weight_on_own_experts_averaged_over_proje
     assert "(a uniform gate: 33%)" in line and "own share 35% in the first third of the blocks, 75% in the last" in line
 
 
+def test_the_controls_are_not_baselines():
+    """CGC-LoRA is compared with the best baseline; its own controls (variants of it) never count as one."""
+    runs = {
+        "moelora": method({"add": 0.4, "uppercase": 0.4, "length": 0.4}),
+        "cgc_lora": method({"add": 0.5, "uppercase": 0.5, "length": 0.5}),
+        "cgc_no_gate": method({"add": 0.9, "uppercase": 0.9, "length": 0.9}),
+    }
+    methods = build_report({"trainable": runs}, SETUP)["budgets"]["trainable"]["methods"]
+    assert best_baseline(methods) == "moelora"
+
+
 def test_without_per_task_lora_there_are_no_deltas_and_the_files_are_written(tmp_path):
-    report = build_report({"shared_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}, SETUP)
-    assert "worst_drop" not in report["methods"]["shared_lora"]
-    assert report["methods"]["shared_lora"]["mean_std"] == 0.0  # one seed
-    write_report(report, tmp_path)
+    runs = {"shared_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
+    report = build_report({"trainable": runs, "served": runs}, SETUP)
+    row = report["budgets"]["trainable"]["methods"]["shared_lora"]
+    assert "worst_drop" not in row
+    assert row["mean_std"] == 0.0  # one seed
+    written = write_report(report, tmp_path)
+    assert {p.name for p in written} == {"report.json", "report.md", "seesaw.png", "budgets.png"}
     assert json.loads((tmp_path / "report.json").read_text()) == report
-    assert "worst drop" not in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "seesaw.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "gates.png").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "worst drop" not in text and "## Matched served rank" in text and "served at rank 24" in text
+    for image in ("seesaw.png", "budgets.png"):
+        assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "gates.png").exists()

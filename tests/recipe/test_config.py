@@ -61,7 +61,7 @@ def test_a_bad_config_lists_every_problem_at_once():
         "data.train_files: file not found: nope.jsonl",
         "model.quantization must be one of",
         "train.micro_batch_size must be an integer, got 'two'",
-        "unknown key cgc.rank; known keys: ['alpha', 'clusters'",
+        "unknown key cgc.rank (did you mean cgc.r_task?)",  # the closest key name
         "deepspeed.config: file not found: ds_configs/zero9.json",
     ):
         assert expected in message, expected

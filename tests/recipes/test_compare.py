@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import cgc
-from cgc.analysis.report import LABELS
+from cgc.adapter.presets import BASELINES, CONTROLS, LABELS
 from cgc.models.tiny import char_tokenizer, tiny_model
 from tests.conftest import ROOT
 
@@ -28,7 +28,7 @@ FAST = [
 ]
 # compare.py's own knobs at their smallest: 2 seeds, a 2-lr grid of 2-step runs, 2 validation examples a task.
 COMPARE = ["--seeds", "2", "--lr_grid", "3e-3,1e-2", "--grid_steps", "2", "--validation_per_task", "2"]
-COMPARE += ["--eval_examples", "2"]
+COMPARE += ["--eval_examples", "2", "--match", "trainable", "--methods", ",".join(BASELINES)]
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:
@@ -51,14 +51,15 @@ def compared(tmp_path_factory):
 def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(compared):
     out, _, second = compared
     report = json.loads((out / "report.json").read_text())
-    assert list(report["methods"]) == list(LABELS)  # shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA
+    methods = report["budgets"]["trainable"]["methods"]
+    assert list(methods) == list(BASELINES)  # shared LoRA, per-task LoRA, MOELoRA, CGC-LoRA
     budget = report["setup"]["budget_rank"]
     assert budget == 4 * 15  # the tiny config's CGC: r=4, 3 clusters x (2 shared + 3 tasks x 1)
     tasks = list(report["tasks"])
     assert len(tasks) == 9 and report["tasks"]["sort_words"] == "rouge_l"
     validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
     assert len(validation) == 2 * 9
-    for name, row in report["methods"].items():
+    for name, row in methods.items():
         # The grid: one 2-step run per lr, scored on the validation split only; the best score's lr is the choice.
         for lr in ("0.003", "0.01"):
             grid_run = out / "grid" / name / f"lr_{lr}"
@@ -84,23 +85,23 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
         )
         assert budget - row["experts_per_layer"] < row["total_rank"] <= budget  # matched as integer ranks allow
         assert row["r"] >= 4  # no degenerate experts
-        reference = report["methods"]["per_task_lora"]["scores"]
+        reference = methods["per_task_lora"]["scores"]
         assert row["delta_vs_per_task_lora"] == pytest.approx({t: row["scores"][t] - reference[t] for t in tasks})
         assert row["worst_drop"] == pytest.approx(max(0.0, -min(row["delta_vs_per_task_lora"].values())))
         assert f"{row['trainable_params']:,}" in second.stdout  # the parameter counts are printed before training
-    comparison = report["comparison"]
+    comparison = report["budgets"]["trainable"]["comparison"]
     assert comparison["baseline"] in LABELS and comparison["baseline"] != "cgc_lora"
     assert comparison["low"] <= comparison["difference"] <= comparison["high"]
     # The gates: 9 tasks x 2 blocks of the tiny model, shares in [0, 1].
     shares = report["gates"]["own_share"]
     assert set(shares) == set(tasks) and all(len(s) == 2 and all(0 <= v <= 1 for v in s) for s in shares.values())
     markdown = (out / "report.md").read_text()
-    for label in LABELS.values():
-        assert f"| {label} |" in markdown
+    for name in BASELINES:
+        assert f"| {LABELS[name]} |" in markdown
     for text in ("worst drop vs per-task LoRA", "seesaw.png", "gates.png", "Gates: on average", "95 % interval"):
         assert text in markdown
     assert "task hidden from the input (only task-id methods can know it)" in markdown  # the demo's hidden variant
-    for image in ("seesaw.png", "gates.png"):
+    for image in ("seesaw.png", "gates.png", "budgets.png"):
         png = (out / image).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -119,7 +120,7 @@ def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
     assert third.returncode == 0, third.stderr[-2000:]
     assert third.stdout.count("done earlier, kept") == 4 * (2 + 2) and "steps, lr" not in third.stdout
     assert time.time() - start < 60
-    assert json.loads((out / "report.json").read_text())["methods"] == json.loads(report)["methods"]
+    assert json.loads((out / "report.json").read_text())["budgets"] == json.loads(report)["budgets"]
 
 
 def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_runs(compared):
@@ -202,3 +203,33 @@ def test_evaluate_the_base_model_alone(tmp_path):
     assert "evaluating the base model tiny-llama alone" in result.stdout
     scores = json.loads((tmp_path / "eval.json").read_text())
     assert len(scores["tasks"]) == 9 and all(r["n"] == 2 for r in scores["tasks"].values())
+
+
+def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the_same(tmp_path):
+    """--match served with every method (one seed, one lr); then the trainable budget in the same --out: the runs
+    whose configuration is the same under both budgets (CGC-LoRA and its uniform-gate control) are not run again."""
+    one = ["--seeds", "1", "--lr_grid", "1e-2", "--eval_examples", "2", *FAST]
+    served = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, "--match", "served", *one)
+    assert served.returncode == 0, (served.stdout + served.stderr)[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    methods = report["budgets"]["served"]["methods"]
+    assert list(methods) == list(LABELS)  # the baselines and every control
+    ours = methods["cgc_lora"]["served_rank"]
+    assert ours == report["setup"]["served_rank"] == 3 * 4  # the tiny config's (S + K) * r
+    for name in ("shared_lora", "per_task_lora", "moelora", "cgc_no_gate", "cgc_one_cluster", "cgc_task_clusters"):
+        assert methods[name]["served_rank"] == ours, name
+    assert methods["moelora_per_cluster"]["served_rank"] == 5 * (ours // 5)  # as near as integer ranks allow
+    for name in CONTROLS:
+        assert methods[name]["lr_from"] == "CGC-LoRA" and methods[name]["lr"] == methods["cgc_lora"]["lr"]
+    no_gate = json.loads((tmp_path / "cgc_no_gate" / "seed_0" / "gates.json").read_text())["tasks"]["add"]
+    assert all(g == pytest.approx([1 / 3] * 3) for g in no_gate.values())  # its gate stayed uniform
+    assert all(m["export_bytes"] > 0 for m in methods.values())
+    assert (tmp_path / "shared_lora@served" / "seed_0").is_dir() and not (tmp_path / "cgc_lora@served").exists()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Matched served rank" in markdown and "(CGC-LoRA's)" in markdown and "served at rank 12" in markdown
+    both = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, "--match", "trainable,served", *one)
+    assert both.returncode == 0, (both.stdout + both.stderr)[-4000:]
+    assert both.stdout.count("done earlier, kept") == 8 + 2  # the served runs, and the 2 trainable runs they were
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["budgets"]) == ["trainable", "served"]
+    assert report["budgets"]["served"]["methods"] == methods  # the same runs, the same rows

@@ -39,12 +39,23 @@ def rigged_validation(path: Path) -> None:
 def test_the_learning_rate_is_chosen_on_the_validation_set_alone(tmp_path):
     rigged_validation(tmp_path / "validation.jsonl")
     # The lr the validation set favours is listed last: a choice by eval score (0 for both) or by order fails.
-    grid = ["--lr_grid", "3e-2,1e-7", "--grid_steps", "2", "--seeds", "1", "--eval_examples", "2"]
+    grid = [
+        "--lr_grid",
+        "3e-2,1e-7",
+        "--grid_steps",
+        "2",
+        "--seeds",
+        "1",
+        "--eval_examples",
+        "2",
+        "--match",
+        "trainable",
+    ]
     result = compare(
         "--out", tmp_path / "out", "--methods", "cgc_lora", "--validation_files", tmp_path / "validation.jsonl", *grid
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    row = json.loads((tmp_path / "out" / "report.json").read_text())["methods"]["cgc_lora"]
+    row = json.loads((tmp_path / "out" / "report.json").read_text())["budgets"]["trainable"]["methods"]["cgc_lora"]
     assert row["grid"]["1e-07"] == 1.0 and row["grid"]["0.03"] < 1.0
     assert row["lr"] == 1e-7 and "-> lr 1e-07" in result.stdout
 

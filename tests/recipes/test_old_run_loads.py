@@ -39,12 +39,16 @@ def load_export(directory) -> dict:
     return {"tensors": load_file(directory / "adapter_model.safetensors"), "config": config}
 
 
-def test_the_old_checkpoint_resumes(tmp_path):
+def test_the_old_checkpoint_resumes_under_the_scaling_it_was_trained_with(tmp_path):
+    """The old run was trained with the weighting of versions before 0.2 (`cgc.scaling: lora`): resuming it under
+    today's default would change what its experts compute, and is refused, naming the key."""
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     command = [sys.executable, "recipes/finetune.py", "--config", str(run / "config.yaml"), f"output_dir={run}"]
     command += ["resume=latest", "train.max_steps=3", "eval.max_examples_per_task=0"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and 'cgc.scaling: "lora" -> "rslora"' in refused.stderr, refused.stderr[-2000:]
+    result = subprocess.run([*command, "cgc.scaling=lora"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert f"resumed from {run / 'checkpoints' / 'step_2'} at step 2" in result.stdout
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,206 @@
+"""The seesaw report's files: report.json, report.md (a table per budget, the intervals, the gates, the grids, the
+per-task scores), seesaw.png (per-task scores and deltas), budgets.png (mean score against each task's served rank
+and against the trainable parameters) and gates.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cgc.analysis.report import BUDGET_TITLES, OURS, REFERENCE, verdict
+
+
+def markdown(report: dict) -> str:
+    s = report["setup"]
+    seeds = s.get("seeds", 1)
+    lines = [
+        "# Seesaw report",
+        "",
+        f"`{s['command']}`",
+        "",
+        f"Base model `{s['model']}`, {s['steps']} optimizer steps per method on the same data, "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std over seeds). Scores: greedy answers on held-out examples "
+        f"(n per task: {s['examples_per_task']}), each task's own metric.",
+    ]
+    for key in ("inputs", "tuning", "training_examples"):
+        if key in s:
+            lines += ["", s[key] if key != "inputs" else f"Inputs: {s[key]}."]
+    for match, budget in report["budgets"].items():
+        lines += ["", f"## {BUDGET_TITLES.get(match, match)}", "", budget_line(match, s), ""]
+        lines += method_table(budget["methods"])
+        if match == "trainable" and {"shared_lora", OURS} <= set(budget["methods"]):
+            shared, ours = budget["methods"]["shared_lora"], budget["methods"][OURS]
+            lines += [
+                "",
+                f"LoRA (shared) is one LoRA of rank {shared['r']} with CGC-LoRA's trainable LoRA parameters "
+                f"({shared['trainable_params']:,} vs {ours['trainable_params']:,}, the gates aside): "
+                'the "a bigger rank instead of experts" row.',
+            ]
+        if "comparison" in budget:
+            lines += ["", verdict(budget["comparison"])]
+    lines += ["", "![mean score against served rank and trainable parameters](budgets.png)"]
+    if "gates" in report:
+        lines += ["", report["gates"]["summary"], "", "![gate share on own experts per task and block](gates.png)"]
+    for match, budget in report["budgets"].items():
+        if any("grid" in row for row in budget["methods"].values()):
+            lines += ["", f"Learning rate of each method ({match} budget), chosen by its mean validation score:", ""]
+            lines += [grid_table(budget["methods"])]
+    for match, budget in report["budgets"].items():
+        methods = budget["methods"]
+        lines += ["", f"Per-task scores, {match} budget (mean ± std over seeds):", ""]
+        lines += [task_table(report["tasks"], methods, "scores", std="scores_std")]
+        if REFERENCE in methods:
+            lines += [f"Per-task delta vs per-task LoRA, {match} budget (negative = the task lost to sharing):", ""]
+            lines += [task_table(report["tasks"], methods, "delta_vs_per_task_lora", signed=True)]
+    lines += ["![per-task scores and deltas](seesaw.png)", ""]
+    return "\n".join(lines)
+
+
+def budget_line(match: str, setup: dict) -> str:
+    if match == "served":
+        return f"Every task is served at rank {setup['served_rank']} (CGC-LoRA's exported rank)."
+    asked = setup.get("budget_asked")
+    raised = ""
+    if asked is not None and asked != setup["budget_rank"]:
+        raised = f" (raised from {asked} so that no expert has rank below {setup['min_rank']})"
+    return f"Budget: {setup['budget_rank']} total expert rank per adapted layer{raised}."
+
+
+def method_table(methods: dict) -> list[str]:
+    has_delta = REFERENCE in methods
+    head = "| method | clusters | rank per expert | experts per layer | served rank per task | trainable params "
+    head += "| exported adapters | lr | mean score | mean exact match |" + (
+        " worst drop vs per-task LoRA |" if has_delta else ""
+    )
+    lines = [head, "|---|" + "---:|" * (10 if has_delta else 9)]
+    for row in methods.values():
+        drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
+        lr = f"{row['lr']:g}" if "lr" in row else "config"
+        lr += " (edge)" if row.get("lr_at_edge") else ""
+        lr += f" ({row['lr_from']}'s)" if row.get("lr_from") else ""
+        size = f"{row['export_bytes'] / 1e6:.1f} MB" if "export_bytes" in row else "-"
+        lines.append(
+            f"| {row['label']} | {row.get('clusters', '-')} | {row['r']} | {row['experts_per_layer']} "
+            f"| {row.get('served_rank', '-')} | {row['trainable_params']:,} | {size} | {lr} "
+            f"| {row['mean']:.3f} ± {row['mean_std']:.3f} | {row['mean_exact_match']:.3f} |{drop}"
+        )
+    if any(row.get("lr_at_edge") for row in methods.values()):
+        lines += [
+            "",
+            "(edge): the chosen lr is the grid's smallest or largest: the best may lie beyond (widen --lr_grid).",
+        ]
+    return lines
+
+
+def grid_table(methods: dict) -> str:
+    rows = [row for row in methods.values() if "grid" in row]
+    grid = list(rows[0]["grid"])
+    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |", "|---|" + "---:|" * (len(grid) + 1)]
+    for row in rows:
+        cells = " | ".join(f"{row['grid'][lr]:.3f}" for lr in grid)
+        lines.append(f"| {row['label']} | {cells} | {row['lr']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def task_table(tasks: dict, methods: dict, key: str, signed: bool = False, std: str | None = None) -> str:
+    head = "| task | metric | " + " | ".join(row["label"] for row in methods.values()) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(methods)]
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    for task, metric in tasks.items():
+        cells = " | ".join(
+            fmt.format(row[key][task]) + (f" ± {row[std][task]:.3f}" if std else "") for row in methods.values()
+        )
+        lines.append(f"| {task} | {metric} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_seesaw(tasks: list[str], methods: dict, path: str | Path) -> None:
+    """Two panels: each method's per-task score (mean, std bars); each method's per-task delta vs per-task LoRA."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    compared = {n: r for n, r in methods.items() if "delta_vs_per_task_lora" in r and n != REFERENCE}
+    panels = 2 if compared else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8, 1.1 * len(tasks) + 2), 4 * panels), squeeze=False)
+    x = np.arange(len(tasks))
+    width = 0.8 / len(methods)
+    color = {name: f"C{i}" for i, name in enumerate(methods)}  # one colour per method in both panels
+    ax = axes[0][0]
+    for i, (name, row) in enumerate(methods.items()):
+        offset = (i - (len(methods) - 1) / 2) * width
+        heights = [row["scores"][t] for t in tasks]
+        errors = [row["scores_std"][t] for t in tasks]
+        ax.bar(x + offset, heights, width, yerr=errors, label=row["label"], color=color[name], capsize=2)
+    ax.set_ylabel("score")
+    ax.set_title("per-task score (mean over seeds, bars: std)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(x, tasks, rotation=30, ha="right")
+    ax.legend(fontsize="small", ncols=min(4, len(methods)))
+    if compared:
+        ax = axes[1][0]
+        width = 0.8 / len(compared)
+        for i, (name, row) in enumerate(compared.items()):
+            offset = (i - (len(compared) - 1) / 2) * width
+            deltas = [row["delta_vs_per_task_lora"][t] for t in tasks]
+            ax.bar(x + offset, deltas, width, label=row["label"], color=color[name])
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("score − per-task LoRA")
+        ax.set_title("per-task delta vs per-task LoRA (below 0: the seesaw)")
+        ax.set_xticks(x, tasks, rotation=30, ha="right")
+        ax.legend(fontsize="small", ncols=min(4, len(compared)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_budgets(budgets: dict, path: str | Path) -> None:
+    """Mean score (std bars) of every method under every budget, against its served rank per task (left) and
+    against its trainable parameters (right): what each method costs to serve and to train for what it scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    names = list(dict.fromkeys(n for budget in budgets.values() for n in budget["methods"]))
+    color = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    marker = {"trainable": "o", "served": "s"}
+    for ax, key, title in (
+        (axes[0], "served_rank", "served rank per task"),
+        (axes[1], "trainable_params", "trainable parameters"),
+    ):
+        for match, budget in budgets.items():
+            for name, row in budget["methods"].items():
+                if key not in row:
+                    continue
+                ax.errorbar(row[key], row["mean"], yerr=row["mean_std"], fmt=marker.get(match, "^"), color=color[name],
+                            capsize=3, label=f"{row['label']} ({match})")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(title + " (log)")
+        ax.set_ylabel("mean score")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize="x-small", loc="best")
+    fig.suptitle("mean score against cost: circles = matched trainable parameters, squares = matched served rank")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """Every file of the report. -> the files written"""
+    out = Path(out_dir)
+    written = [out / "report.json", out / "report.md", out / "seesaw.png", out / "budgets.png"]
+    written[0].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    written[1].write_text(markdown(report))
+    first = next(iter(report["budgets"].values()))["methods"]  # the trainable budget when it was run
+    plot_seesaw(list(report["tasks"]), first, written[2])
+    plot_budgets(report["budgets"], written[3])
+    if "gates" in report:
+        from cgc.analysis.gate_report import plot_heatmap  # noqa: PLC0415 - matplotlib only when there are gates
+
+        plot_heatmap(report["gates"]["own_share"], out / "gates.png")
+        written.append(out / "gates.png")
+    return written
