@@ -99,14 +99,16 @@ class Plan:
         same = self.presets[match][method] == self.presets["trainable"][method]
         return method if match == "trainable" or same else f"{method}@served"
 
-    def tuned(self, method: str) -> bool:
-        """Whether the method gets a grid of its own (a control of CGC-LoRA takes CGC-LoRA's lr)."""
-        return len(self.grid) > 1 and not (method in CONTROLS and OURS in self.methods)
+    def tuned(self, method: str, match: str = "trainable") -> bool:
+        """Whether the method gets a grid of its own under `match` (a control of CGC-LoRA takes CGC-LoRA's lr;
+        with --served_lr trainable, a served method takes its trainable lr)."""
+        borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
+        return len(self.grid) > 1 and not (method in CONTROLS and OURS in self.methods) and not borrowed
 
     @property
     def total_runs(self) -> int:
-        names = {(m, self.run_name(match, m)) for match in self.matches for m in self.methods}
-        grids = sum(len(self.grid) for m, _ in names if self.tuned(m))
+        names = {self.run_name(match, m): (m, match) for match in self.matches for m in self.methods}
+        grids = sum(len(self.grid) for m, match in names.values() if self.tuned(m, match))
         return grids + len(names) * self.args.seeds
 
 
@@ -118,9 +120,13 @@ def make_plan(args) -> Plan:
         unknown = [m for m in methods if m not in LABELS]
         if unknown or not methods:
             raise ConfigError(f"--methods: unknown {unknown}; choose from {list(LABELS)}")
-        matches = [m.strip() for m in args.match.split(",") if m.strip()]
-        if not matches or any(m not in presets.MATCHES for m in matches):
+        matches = [m for m in presets.MATCHES if m in {m.strip() for m in args.match.split(",")}]  # trainable first
+        if not matches or any(m.strip() not in presets.MATCHES for m in args.match.split(",")):
             raise ConfigError(f"--match: one or both of {', '.join(presets.MATCHES)}, got {args.match!r}")
+        if args.served_lr == "trainable" and "trainable" not in matches:
+            raise ConfigError(
+                "--served_lr trainable takes each method's lr from the trainable budget: add it to --match"
+            )
         grid = parse_grid(args.lr_grid)
         if args.seeds < 1 or args.eval_examples < 1 or args.validation_per_task < 1 or args.min_rank < 1:
             raise ConfigError("--seeds, --eval_examples, --validation_per_task and --min_rank must be >= 1")
@@ -181,14 +187,12 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
     order = sorted(plan.methods, key=lambda m: m in CONTROLS)  # CGC-LoRA before the controls that take its lr
     for match in plan.matches:
         for m in order:
-            if not plan.tuned(m):
-                source = OURS if m in CONTROLS and OURS in plan.methods else None
-                lr = chosen[(match, source)]["lr"] if source else plan.grid[0]
-                chosen[(match, m)] = {
-                    "lr": lr,
-                    "gate_lr": plan.gate_lr,
-                    **({"lr_from": LABELS[source]} if source else {}),
-                }
+            if not plan.tuned(m, match):
+                control = m in CONTROLS and OURS in plan.methods
+                source = (match, OURS) if control else ("trainable", m) if len(plan.grid) > 1 else None
+                lr = chosen[source]["lr"] if source else plan.grid[0]
+                lr_from = {"lr_from": LABELS[OURS] if control else "trainable budget"} if source else {}
+                chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, **lr_from}
                 continue
             scores, name = {}, plan.run_name(match, m)
             for lr in plan.grid:
@@ -262,6 +266,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="report dir (default: <output_dir>/compare)")
     parser.add_argument("--methods", default=",".join(LABELS), help=f"comma-separated subset of {list(LABELS)}")
     parser.add_argument("--match", default="trainable,served", help="the budgets: trainable, served or both")
+    parser.add_argument(
+        "--served_lr", choices=("tuned", "trainable"), default="tuned",
+        help="served budget: a grid per method (tuned), or each method's lr from the trainable budget",
+    )  # fmt: skip
     parser.add_argument("--budget_rank", type=int, help="total expert rank per layer (default: the config's CGC)")
     parser.add_argument("--min_rank", type=int, default=4, help="no expert below this rank: raises the budget")
     parser.add_argument("--moe_experts", type=int, default=4, help="MOELoRA's number of experts (default 4)")
@@ -310,23 +318,14 @@ def train_and_score(plan: Plan, match: str, method: str, run_dir: Path, settings
 
 def method_runs(plan: Plan, match: str, method: str, chosen: dict, runs: list[Path]) -> dict:
     """What the report takes of one method under one budget: its shape, lr, runs and exported bytes."""
-    exports = RunDir(runs[0]).peft_adapters.glob("*/adapter_model.safetensors")
-    config = {**method_shape(plan.presets[match][method])}
-    return {
-        "config": config,
-        **chosen,
-        "seeds": list(map(seesaw.read_run, runs)),
-        "export_bytes": sum(f.stat().st_size for f in exports),
-    }
+    shape, exported = method_shape(plan.presets[match][method]), RunDir(runs[0]).peft_bytes()
+    return {"config": shape, **chosen, "seeds": list(map(seesaw.read_run, runs)), "export_bytes": exported}
 
 
 def setup(plan: Plan, finals: dict, argv: list[str]) -> dict:
     """The report's setup: the command, the model, steps, seeds, budgets, the data and how the lrs were chosen."""
-    first = finals[next(iter(finals))][0]
+    first = finals.get((plan.matches[0], OURS), finals[next(iter(finals))])[0]  # CGC-LoRA's when it ran
     seen = json.loads(RunDir(first).summary.read_text()).get("examples_per_task", {})
-    ours = finals.get((plan.matches[0], OURS))
-    if ours:
-        seen = json.loads(RunDir(ours[0]).summary.read_text()).get("examples_per_task", seen)
     args = plan.args
     validation = (len(plan.rows["validation"]), bool(args.validation_files))
     return {

@@ -82,6 +82,10 @@ class RunDir:
         """adapters/peft: one directory per task."""
         return self.root / "adapters" / "peft"
 
+    def peft_bytes(self) -> int:
+        """Bytes of every task's exported adapter weights (what serving all of them keeps in memory)."""
+        return sum(f.stat().st_size for f in self.peft_adapters.glob("*/adapter_model.safetensors"))
+
     @property
     def serving_base(self) -> Path:
         return self.root / "serving" / "base"

@@ -233,3 +233,18 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["budgets"]) == ["trainable", "served"]
     assert report["budgets"]["served"]["methods"] == methods  # the same runs, the same rows
+
+
+def test_served_methods_may_take_the_lr_their_trainable_grid_chose(tmp_path):
+    args = ["--methods", "shared_lora", "--match", "trainable,served", "--served_lr", "trainable", "--seeds", "1"]
+    args += ["--lr_grid", "3e-3,1e-2", "--grid_steps", "2", "--validation_per_task", "2", "--eval_examples", "2"]
+    result = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, *args, *FAST)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    budgets = json.loads((tmp_path / "report.json").read_text())["budgets"]
+    trainable, served = budgets["trainable"]["methods"]["shared_lora"], budgets["served"]["methods"]["shared_lora"]
+    assert served["lr"] == trainable["lr"] and served["lr_from"] == "trainable budget" and "grid" not in served
+    assert served["served_rank"] < trainable["served_rank"]  # another configuration, run apart
+    assert not (tmp_path / "grid" / "shared_lora@served").exists() and (tmp_path / "shared_lora@served").is_dir()
+    refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "x", "--match", "served",
+                  "--served_lr", "trainable", *FAST)  # fmt: skip
+    assert refused.returncode == 2 and "add it to --match" in refused.stderr
