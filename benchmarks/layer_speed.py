@@ -31,15 +31,14 @@ import cgc
 from timing import ALL_PROJECTIONS, machine, make_step, randomize, time_alternately
 
 
-def loop_over_experts(self: cgc.ClusterExperts, x, local_tasks, single_task):
-    """Reference forward: one Python iteration per expert, gate applied per sample (x: (n, L, d_in))."""
-    r = self.r
-    gate = torch.zeros(len(local_tasks), self.num_experts, device=x.device)  # (n, E): zero for inactive experts
-    gate = gate.scatter(1, self.active[local_tasks], self.gate()[local_tasks])
+def loop_over_experts(self: cgc.ClusterExperts, x, scales, single_task):
+    """Reference forward: one Python iteration per expert, its weight applied per sample (x: (n, L, d_in); scales:
+    (n, R_c), each expert's weight on each of its rank rows, from the model's gates)."""
     out = 0
     for k in range(self.num_experts):
-        expert = x @ self.lora_A[k * r : (k + 1) * r].T @ self.lora_B[:, k * r : (k + 1) * r].T  # (n, L, d_out)
-        out = out + expert * (self.scaling * gate[:, k])[:, None, None]
+        rows = self.expert_rows(k)
+        expert = x @ self.lora_A[rows].T @ self.lora_B[:, rows].T  # (n, L, d_out)
+        out = out + expert * scales[:, rows.start][:, None, None]
     return out
 
 

@@ -95,12 +95,18 @@ def train(config: cgc.CGCLoraConfig, truth: dict, args, lr: float, gate_lr: floa
     with torch.no_grad():
         for task, delta in truth["deltas"].items():
             place = model.task_map.place(task)
-            learnt = layer.delta_weight(place.cluster, place.local_index)
+            learnt = layer.delta_weight(place.cluster, place.local_index, model.task_scales(task)[layer.layer_index])
             errors[task] = float((learnt - delta).norm() / delta.norm())
             g = model.gate(task)["q_proj"]
             if config.num_shared_experts and config.num_task_experts:
                 own[task] = float(g[config.num_shared_experts :].sum())
     return {"error": errors, "own_share": own}
+
+
+def shares(runs: list[dict], keep) -> float | None:
+    """The mean own-expert share over the runs of the tasks `keep` selects (None for a method without a gate)."""
+    values = [v for r in runs for t, v in r["own_share"].items() if keep(t)]
+    return float(np.mean(values)) if values else None
 
 
 def main():
@@ -144,9 +150,8 @@ def main():
                 "variant": variant, "lr": lr, "gate_lr": gate_lr, "gate_init": init,
                 "error": float(np.mean([np.mean(list(r["error"].values())) for r in runs])),
                 "error_odd": float(np.mean(odd)), "error_rest": float(np.mean(rest)),
-                "own_share_odd": float(np.mean([r["own_share"][t] for r in runs for t in ODD])) if runs[0]["own_share"] else None,
-                "own_share_rest": float(np.mean([v for r in runs for t, v in r["own_share"].items() if t not in ODD]))
-                if runs[0]["own_share"] else None,
+                "own_share_odd": shares(runs, lambda t: t in ODD),
+                "own_share_rest": shares(runs, lambda t: t not in ODD),
             }  # fmt: skip
             summary.append(row)
             print(json.dumps(row), flush=True)

@@ -1,9 +1,10 @@
 """The CGC-LoRA adapter: what a user attaches to a frozen model, trains, saves and exports.
 
 `config` (CGCLoraConfig, validated) · `task_map` (task <-> id, task -> cluster) · `routing` (task ids to the
-layers) · `layer` (CGCLinear, one ClusterExperts per cluster) · `model` (attach, CGCModel, save/load) · `export`
-(exact PEFT LoRA per task, merge) · `presets` (the baselines as configurations) · `errors` (CGCError and its
-subclasses). It imports nothing else of cgc: everything else builds on it.
+layers) · `gates` (every layer's task gates, once per forward) · `layer` (CGCLinear, one ClusterExperts per
+cluster) · `model` (attach, CGCModel, save/load) · `export` (exact PEFT LoRA per task, merge) · `presets` (the
+baselines and controls as configurations, the budgets) · `errors` (CGCError and its subclasses). It imports nothing
+else of cgc: everything else builds on it.
 """
 
 from cgc.adapter import presets

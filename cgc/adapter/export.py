@@ -26,8 +26,9 @@ def export_peft_adapter(model: CGCModel, task: str, out_dir: str | os.PathLike) 
     rank = cfg.exported_rank
     tensors = {}
     with torch.no_grad():
+        scales = model.task_scales(task)  # (L, R)
         for name, layer in model.adapted_layers().items():
-            a, b = layer.experts[place.cluster].task_factors(place.local_index)  # (R, d_in), (d_out, R)
+            a, b = layer.experts[place.cluster].task_factors(place.local_index, scales[layer.layer_index])
             # PEFT's key layout: base_model.model.<module path>.lora_{A,B}.weight
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().cpu().contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().cpu().contiguous()
@@ -56,6 +57,7 @@ def merge_task(model: CGCModel, task: str) -> nn.Module:
     place = model.task_map.place(task)
     merged = copy.deepcopy(model.base_model)
     with torch.no_grad():
+        scales = model.task_scales(task)  # (L, R)
         for name, layer in list(merged.named_modules()):
             if not isinstance(layer, CGCLinear):
                 continue
@@ -65,7 +67,7 @@ def merge_task(model: CGCModel, task: str) -> nn.Module:
                     f"merge_task needs an unquantized base; layer {name!r} is a {type(base).__name__}. "
                     "Reload the base in float and use cgc.load_adapter, or serve the export_peft_adapter output."
                 )
-            delta = layer.delta_weight(place.cluster, place.local_index)  # (d_out, d_in)
+            delta = layer.delta_weight(place.cluster, place.local_index, scales[layer.layer_index])  # (d_out, d_in)
             base.weight.add_(delta.to(base.weight.dtype))
             parent_name, _, child = name.rpartition(".")
             setattr(merged.get_submodule(parent_name) if parent_name else merged, child, base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -11,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cgc.adapter.config import CGCLoraConfig
+from cgc.adapter.gates import ClusterGates
 from cgc.adapter.layer import CGCLinear
-from cgc.adapter.routing import Router
+from cgc.adapter.routing import Router, Routing
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -31,7 +33,7 @@ def load_adapter(base_model: nn.Module, path: str | os.PathLike, is_trainable: b
     weights_path = os.path.join(path, ADAPTER_WEIGHTS_NAME)
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
-    saved = load_file(weights_path)
+    saved = stacked_gates(load_file(weights_path), model)
     expected = dict(model.trainable_parameters())
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -51,6 +53,20 @@ def load_adapter(base_model: nn.Module, path: str | os.PathLike, is_trainable: b
         for param in expected.values():
             param.requires_grad_(True)
     return model
+
+
+def stacked_gates(saved: dict[str, torch.Tensor], model: CGCModel) -> dict[str, torch.Tensor]:
+    """An adapter saved before the gates moved out of the layers held one `<layer>.experts.<cluster>.gate_logits`
+    (T_c, S+K) per layer: stack them, in the model's layer order, into `gates.<cluster>.gate_logits` (L, T_c, S+K)."""
+    per_layer = [n for n in saved if n.endswith(".gate_logits") and ".experts." in n]
+    if not per_layer:
+        return saved
+    saved = dict(saved)
+    for cluster in model.task_map.clusters:
+        names = [f"{layer}.experts.{cluster}.gate_logits" for layer in model.adapted_layers()]
+        if names[0] in saved:
+            saved[f"gates.{cluster}.gate_logits"] = torch.stack([saved.pop(n) for n in names])
+    return saved
 
 
 def find_target_names(base_model: nn.Module, target_modules: list[str] | str) -> list[str]:
@@ -92,7 +108,7 @@ class CGCModel(nn.Module):
                 f"target_modules={self.cgc_config.target_modules!r} matched no module; "
                 f"linear modules in this model include {linears[:6]}"
             )
-        for name in names:
+        for index, name in enumerate(names):
             module = self.base_model.get_submodule(name)
             # bitsandbytes Linear4bit and Linear8bitLt subclass nn.Linear.
             if not isinstance(module, nn.Linear):
@@ -102,7 +118,15 @@ class CGCModel(nn.Module):
                 )
             parent_name, _, child = name.rpartition(".")
             parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-            setattr(parent, child, CGCLinear(module, self.cgc_config, self._router))
+            setattr(parent, child, CGCLinear(module, self.cgc_config, self._router, layer_index=index))
+        device = next(iter(self.adapted_layers().values())).experts[self.task_map.clusters[0]].lora_A.device
+        # Every cluster's gates for every layer, one module per cluster that forward calls once (cgc.adapter.gates).
+        self.gates = nn.ModuleDict(
+            {
+                c: ClusterGates(len(ts), len(names), self.cgc_config, device)
+                for c, ts in self.cgc_config.clusters.items()
+            }
+        )
 
     # ---- tasks and routing ------------------------------------------------------------------------
     @property
@@ -113,17 +137,19 @@ class CGCModel(nn.Module):
         return self.task_map.id_of(task)
 
     def task_ids_tensor(self, tasks: Sequence[int | str] | torch.Tensor, device=None) -> torch.Tensor:
-        """Validated LongTensor[B] of task ids from ids or task names."""
+        """Validated LongTensor[B] of task ids from ids or task names, checked on the host: give CPU task ids (a
+        tensor on a GPU is copied to the host first, which waits for the GPU)."""
         if isinstance(tasks, torch.Tensor):
             if tasks.dim() != 1 or tasks.dtype.is_floating_point or tasks.dtype.is_complex or tasks.dtype == torch.bool:
                 raise ValueError(
                     f"task_ids must be an integer tensor of shape (batch,), got {tasks.dtype} {tuple(tasks.shape)}"
                 )
-            ids = tasks.long()
+            ids = tasks.long().cpu()
         else:
             ids = torch.tensor([self.task_id(t) if isinstance(t, str) else int(t) for t in tasks], dtype=torch.long)
-        if ids.numel():
-            low, high = int(ids.min()), int(ids.max())
+        values = ids.tolist()  # host values: no tensor op, no device sync
+        if values:
+            low, high = min(values), max(values)
             self.task_map.name_of(low if low < 0 else high)  # raises for an id out of range
         return ids.to(device) if device is not None else ids
 
@@ -131,10 +157,17 @@ class CGCModel(nn.Module):
         if task_ids is None:
             raise ValueError("task_ids is required: one task id (or task name) per sample")
         batch = _batch_tensor(args, kwargs)
-        ids = self.task_ids_tensor(task_ids, device=None if batch is None else batch.device)
+        ids = self.task_ids_tensor(task_ids)  # on the host
         if batch is not None and len(ids) != batch.shape[0]:
             raise ValueError(f"task_ids has {len(ids)} entries but the batch has {batch.shape[0]} samples")
-        self._router.set(self._router.route(ids, every_cluster=every_cluster))
+        device = batch.device if batch is not None else self.gates[self.task_map.clusters[0]].active.device
+        routing = self._router.route(ids, device, every_cluster=every_cluster)
+        # The gates of every layer, once per forward, per cluster in the routing's fixed order (the same submodule
+        # calls on every rank under ZeRO-3); each layer takes its slice.
+        slices = [
+            dataclasses.replace(s, scales=self.gates[s.cluster](s.local_tasks, s.single_task)) for s in routing.slices
+        ]
+        self._router.set(Routing(routing.batch_size, tuple(slices)))
 
     def forward(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
         """`every_cluster=True` runs every cluster's experts on every call, empty slices included, in a fixed order.
@@ -156,17 +189,23 @@ class CGCModel(nn.Module):
         """Layer name -> g_t, the gate weights task `task` gives its cluster's shared experts then its own."""
         place = self.task_map.place(task)
         with torch.no_grad():
-            return {
-                name: layer.experts[place.cluster].gate()[place.local_index].clone()
-                for name, layer in self.adapted_layers().items()
-            }
+            gates = self.gates[place.cluster].gate()[:, place.local_index]  # (L, S+K)
+            return {name: gates[layer.layer_index].clone() for name, layer in self.adapted_layers().items()}
+
+    def task_scales(self, task: str) -> torch.Tensor:
+        """(L, R): task `task`'s weights on the rank rows of its own S + K experts, for every adapted layer."""
+        place = self.task_map.place(task)
+        return self.gates[place.cluster].task_scales(place.local_index)
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) of every CGC-LoRA tensor; names are relative to the base model and contain the
-        cluster name as one dotted component."""
+        """(name, parameter) of every CGC-LoRA tensor: each layer's experts (names relative to the base model, as
+        `<layer>.experts.<cluster>.lora_A`), then each cluster's gates (`gates.<cluster>.gate_logits`). Every name
+        contains its cluster's name as one dotted component."""
         for layer_name, layer in self.adapted_layers().items():
             for name, param in layer.experts.named_parameters():
                 yield f"{layer_name}.experts.{name}", param
+        for name, param in self.gates.named_parameters():
+            yield f"gates.{name}", param
 
     def num_trainable_parameters(self) -> int:
         # ZeRO-3 leaves an empty placeholder in `p` and keeps the full size in `ds_numel`.

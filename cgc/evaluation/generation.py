@@ -38,7 +38,7 @@ def greedy_answers(
         }
         for ex in examples
     ]
-    batch = {k: v.to(model.device) for k, v in collate(features).items()}
+    batch = {k: v if k == "task_ids" else v.to(model.device) for k, v in collate(features).items()}  # ids: host
     generated = model.generate(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],

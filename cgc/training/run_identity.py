@@ -31,9 +31,18 @@ SHAPE_KEYS = (
     "cgc.r_task",
     "cgc.scaling",
     "cgc.train_gate",
+    "adapter.gate_layout",
 )
+# How the model's parameters are laid out: "stacked" since the gates of every layer are one tensor per cluster
+# (cgc.adapter.gates), "per_layer" before. A checkpoint's module and optimizer states hold that layout.
+GATE_LAYOUT = "stacked"
 # A key a saved identity lacks was written by a version without it, which had one behaviour: that value.
-SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()}
+SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} | {"adapter.gate_layout": "per_layer"}
+# What to do about a refused difference, where there is more to say than "resume with the checkpoint's settings".
+ADVICE = {
+    "adapter.gate_layout": "this checkpoint keeps a gate in every layer (versions before 0.2): finish its run with "
+    "the version that wrote it, or start a new run (its saved adapter, adapters/cgc, still loads and exports)",
+}
 
 
 def fingerprint(cfg) -> dict:
@@ -43,6 +52,7 @@ def fingerprint(cfg) -> dict:
     flat |= {f"sampler.{k}": v for k, v in dataclasses.asdict(cfg.sampler).items()}
     flat |= {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items()}
     flat["seed"] = cfg.seed
+    flat["adapter.gate_layout"] = GATE_LAYOUT
     flat["data.train_files"] = [describe(Path(p)) for p in cfg.data.train_files]
     flat |= {f"data.{k}": getattr(cfg.data, k) for k in ("format", "task_field", "max_length", "system_prompt")}
     return json.loads(json.dumps(flat))  # tuples -> lists: compares equal to what is read back
@@ -120,6 +130,7 @@ def check_resume(tag_dir: Path, now: dict) -> list[str]:
                 f"cannot resume from {tag_dir}: the run changed in what decides parameter shapes or task placement",
                 refused,
             )
+            + "".join(f"\n{ADVICE[line.split(':')[0]]}." for line in refused if line.split(":")[0] in ADVICE)
             + "\nResume with the checkpoint's settings, or start a new run in another output_dir."
         )
     return allowed

@@ -16,7 +16,8 @@ def train_step(engine, micro_batches, sampler, grad_accum: int, logits_to_keep: 
     stats = StepStats(model.task_map)
     micro_steps = []  # (batch, its cluster): the whole step's data first, to count its target tokens
     for _ in range(grad_accum):
-        batch = {k: v.to(engine.device) for k, v in next(micro_batches).items()}
+        # the task ids stay on the host: the model routes by them there (a device copy would cost a sync)
+        batch = {k: v if k == "task_ids" else v.to(engine.device) for k, v in next(micro_batches).items()}
         micro_steps.append((batch, sampler.batch_cluster))  # the same cluster on every rank
     step_targets = all_reduce_sum([sum(float(target_tokens(b["labels"]).sum()) for b, _ in micro_steps)])[0]
     # DeepSpeed divides each backward by grad_accum and averages gradients over ranks: scaling by

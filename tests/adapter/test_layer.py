@@ -28,16 +28,18 @@ def expert_weight(config: cgc.CGCLoraConfig, g: torch.Tensor, slot: int) -> torc
     return config.alpha * (S + K) / (S * r_shared + K * r_task) ** 0.5 * g[slot]
 
 
-def reference_layer_output(layer: cgc.CGCLinear, config: cgc.CGCLoraConfig, x: torch.Tensor, tasks: list[str]):
-    """h = W0 x + Σ_{k ∈ S_c ∪ P_t} w_{t,k} B_k A_k x, one sample and one expert at a time."""
+def reference_layer_output(model: cgc.CGCModel, layer: cgc.CGCLinear, x: torch.Tensor, tasks: list[str]):
+    """h = W0 x + Σ_{k ∈ S_c ∪ P_t} w_{t,k} B_k A_k x, one sample and one expert at a time; the gate logits of
+    task t on this layer are row t of the cluster's gates at the layer's index."""
+    config = model.cgc_config
     S, K = config.num_shared_experts, config.num_task_experts
     rows = []
     for b, task in enumerate(tasks):
         # Looked up here from the cluster map itself, independently of cgc's TaskMap.
         cluster = next(c for c, members in config.clusters.items() if task in members)
         j = config.clusters[cluster].index(task)
-        experts = layer.experts[cluster]
-        logits = experts.gate_logits[j] if experts.gate_logits is not None else torch.zeros(S + K)
+        experts, stacked = layer.experts[cluster], model.gates[cluster].gate_logits  # (L, T_c, S+K) or None
+        logits = stacked[layer.layer_index, j] if stacked is not None else torch.zeros(S + K)
         g = torch.softmax(logits, dim=-1)
         expert_ids = list(range(S)) + [S + j * K + k for k in range(K)]
         h = F.linear(x[b], layer.base_layer.weight, layer.base_layer.bias)
@@ -86,14 +88,13 @@ def test_layer_matches_loop_reference(base_factory, experts, tasks, shape):
     S, K = experts
     cgc_model = cgc.attach(base_factory(), make_config(num_shared_experts=S, num_task_experts=K, **shape))
     randomize_adapter(cgc_model)
-    config = cgc_model.cgc_config
     for name, layer in cgc_model.adapted_layers().items():
         seen, handle = capture(layer)
         with torch.no_grad():
             cgc_model(input_ids=batch(), task_ids=tasks)
         handle.remove()
         with torch.no_grad():
-            expected = reference_layer_output(layer, config, seen["x"], tasks)
+            expected = reference_layer_output(cgc_model, layer, seen["x"], tasks)
         torch.testing.assert_close(seen["out"], expected, atol=1e-5, rtol=1e-5, msg=name)
         assert (expected - F.linear(seen["x"], layer.base_layer.weight)).abs().max() > 1e-2  # delta is not trivial
 
@@ -168,12 +169,13 @@ def test_sample_gradients_never_reach_other_clusters_or_other_tasks(base_factory
     for tasks in batches:
         grads = _grads_of_sample(model, x, tasks, sample=0)  # sample 0 is always `task`
         for name, grad in grads.items():
-            if f".experts.{cluster}." not in name:
+            if f".{cluster}." not in name:  # another cluster's experts or gates
                 assert grad is None or torch.count_nonzero(grad) == 0, name
                 continue
-            if name.endswith("gate_logits"):
+            if name.endswith("gate_logits"):  # (L, T_c, S+K): only this task's rows, on every layer
                 for other in range(len(config.clusters[cluster])):
-                    assert (torch.count_nonzero(grad[other]) > 0) == (other == j), (name, other)
+                    assert (torch.count_nonzero(grad[:, other]) > 0) == (other == j), (name, other)
+                    assert (grad[:, other].abs().sum(dim=-1) > 0).all() == (other == j), (name, other)
                 continue
             r = config.r
             slabs = grad if name.endswith("lora_A") else grad.T  # (E*r, d_in) or (E*r, d_out)
@@ -189,6 +191,26 @@ def test_baseline_shapes_are_configurations_of_the_same_layer():
     shared = cgc.attach(tiny_llama(), cgc.presets.shared_lora(tasks, r=8, target_modules=["q_proj"]))
     per_task = cgc.attach(tiny_llama(), cgc.presets.per_task_lora(tasks, r=8, target_modules=["q_proj"]))
     layer = shared.adapted_layers()["model.layers.0.self_attn.q_proj"]
-    assert layer.experts["all"].lora_A.shape == (8, 32) and layer.experts["all"].gate_logits is None
+    assert layer.experts["all"].lora_A.shape == (8, 32) and shared.gates["all"].gate_logits is None
     layer = per_task.adapted_layers()["model.layers.0.self_attn.q_proj"]
-    assert set(layer.experts) == set(tasks) and layer.experts["add"].gate_logits is None
+    assert set(layer.experts) == set(tasks) and per_task.gates["add"].gate_logits is None
+
+
+def test_the_scaled_low_rank_product_has_the_gradient_of_its_three_autograd_ops():
+    from cgc.adapter.layer import ScaledLowRank
+
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    x, a, b, s = rand(3, 5, 6), rand(4, 6), rand(7, 4), rand(3, 4)
+    assert torch.autograd.gradcheck(ScaledLowRank.apply, (x, a, b, s))
+    out = ScaledLowRank.apply(x, a, b, s)
+    plain = F.linear(F.linear(x, a) * s[:, None, :], b)
+    torch.testing.assert_close(out, plain)
+    weights = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    ours = torch.autograd.grad((out * weights).sum(), (x, a, b, s))
+    theirs = torch.autograd.grad((plain * weights).sum(), (x, a, b, s))
+    for mine, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, reference)

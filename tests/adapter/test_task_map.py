@@ -48,7 +48,7 @@ def test_the_model_router_and_config_share_one_map_and_route_by_it():
     router = Router(config)
     assert router.task_map is config.task_map
     ids = torch.tensor([model.task_id(t) for t in ["mul", "synonym", "sub", "antonym", "mul"]])
-    routing = router.route(ids)
+    routing = router.route(ids, "cpu")
     for s in routing.slices:
         rows = range(len(ids)) if s.index is None else s.index.tolist()
         for row, local in zip(rows, s.local_tasks.tolist(), strict=True):

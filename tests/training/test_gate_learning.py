@@ -44,7 +44,7 @@ def trained_start(gate_init: str = "uniform"):
     experts = model.adapted_layers()["q_proj"].experts["c"]
     g = torch.Generator().manual_seed(1)
     common, own = low_rank(g), low_rank(g)
-    weights = experts.weights()[0].tolist()  # task `hurt`'s weight on the shared expert and on its own, at the start
+    weights = model.gates["c"].weights()[0, 0].tolist()  # task `hurt`'s weight on the shared and its own expert
     with torch.no_grad():
         for k, (b, a) in ((0, common), (1, own)):  # expert 0: shared; expert 1: the own expert of `hurt`
             rows = experts.expert_rows(k)
