@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     write_resolved_config(cfg, out, rank)
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
-    engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config)
+    engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config, inputs.trained_clusters)
     resumed = Resumed(resume(engine, sampler, resume_dir), resume_dir, identity)
     preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
     result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
@@ -177,12 +177,12 @@ def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, wor
         error_exit(f"after tokenisation (data.max_length={cfg.data.max_length}): {err}")
 
 
-def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict):
-    """Experts and gates at their own learning rates, the schedule, the DeepSpeed engine.
+def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict, clusters: list[str]):
+    """Experts and gates at their own learning rates (of `clusters`: those with data), the schedule, the engine.
     -> (engine, scheduler, the name of each param group in the scheduler's order)."""
     import deepspeed
 
-    optimizer, scheduler, group_names = optimizer_and_schedule(model, cfg.train, ds_config)
+    optimizer, scheduler, group_names = optimizer_and_schedule(model, cfg.train, ds_config, clusters)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )

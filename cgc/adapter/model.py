@@ -211,11 +211,19 @@ class CGCModel(nn.Module):
         # ZeRO-3 leaves an empty placeholder in `p` and keeps the full size in `ds_numel`.
         return sum(getattr(p, "ds_numel", p.numel()) for _, p in self.trainable_parameters())
 
-    def optimizer_groups(self, lr: float, gate_lr: float, weight_decay: float = 0.0) -> list[dict]:
+    def optimizer_groups(
+        self, lr: float, gate_lr: float, weight_decay: float = 0.0, clusters: Sequence[str] | None = None
+    ) -> list[dict]:
         """Optimizer parameter groups: "experts" at `lr` (with weight decay), "gates" (the gate logits) at `gate_lr`
-        (without). Each group carries its `name`, for logging its learning rate."""
-        experts = [p for n, p in self.trainable_parameters() if not n.endswith("gate_logits")]
-        gates = [p for n, p in self.trainable_parameters() if n.endswith("gate_logits")]
+        (without). Each group carries its `name`, for logging its learning rate. `clusters`: only these clusters'
+        parameters (the others are frozen: e.g. clusters with no training data, which no step could move)."""
+        if clusters is not None:
+            for cluster in set(self.task_map.clusters) - set(clusters):
+                for param in self.cluster_parameters(cluster):
+                    param.requires_grad_(False)
+        training = [(n, p) for n, p in self.trainable_parameters() if p.requires_grad]
+        experts = [p for n, p in training if not n.endswith("gate_logits")]
+        gates = [p for n, p in training if n.endswith("gate_logits")]
         groups = [{"name": "experts", "params": experts, "lr": lr, "weight_decay": weight_decay}]
         if gates:  # configurations with one expert per task have no gate
             groups.append({"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0})

@@ -32,6 +32,7 @@ class RunInputs:
     metrics: dict[str, MetricSpec]  # task -> its eval metric
     ds_config: dict
     zero3: bool
+    trained_clusters: list[str]  # the clusters with training examples (the optimizer's)
 
 
 def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
@@ -51,7 +52,13 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
         raise ConfigError("unsupported on this machine", refused)
     warn_empty_targets(train_raw)
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
-    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3)
+    counts = task_counts(train_raw)
+    trained = [c for c in task_map.clusters if any(counts.get(t) for t in task_map.tasks_of(c))]
+    idle = [c for c in task_map.clusters if c not in trained]
+    if idle:
+        print0(f"warning: clusters {idle} have no training examples: their experts and gates stay as initialised "
+               "(frozen, left out of the optimizer)", file=sys.stderr)  # fmt: skip
+    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained)
 
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:

@@ -11,12 +11,13 @@ import torch
 from cgc.adapter.model import CGCModel
 
 
-def optimizer_and_schedule(model: CGCModel, train, ds_config: dict):
+def optimizer_and_schedule(model: CGCModel, train, ds_config: dict, clusters: list[str] | None = None):
     """`train`: the recipe's train section (lr, gate_lr, weight_decay, schedule, warmup_steps, max_steps).
-    -> (optimizer, scheduler, the name of each parameter group in the scheduler's order)."""
+    `clusters`: the clusters that have training data; the others' parameters are frozen and left out, since no step
+    could move them. -> (optimizer, scheduler, the name of each parameter group in the scheduler's order)."""
     from transformers import get_scheduler
 
-    groups = model.optimizer_groups(train.lr, train.gate_lr, train.weight_decay)
+    groups = model.optimizer_groups(train.lr, train.gate_lr, train.weight_decay, clusters)
     if "offload_optimizer" in ds_config["zero_optimization"]:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 

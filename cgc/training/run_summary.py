@@ -41,6 +41,11 @@ def run_summary(
         "eval": eval_status,  # done, interrupted (by a signal; resume=latest redoes it) or not run
         "final_loss": result.final_loss,
         "trainable_params": model.num_trainable_parameters(),
+        # clusters without training data are frozen and left out of the optimizer (CGCModel.optimizer_groups)
+        "optimized_params": sum(
+            getattr(p, "ds_numel", p.numel()) for _, p in model.trainable_parameters() if p.requires_grad
+        ),
+        "frozen_clusters": frozen_clusters(model),
         "base_param_bytes_total": base_bytes_total,
         "base_param_bytes_per_rank": max_over_ranks(base_bytes_rank),
         "peak_rss_mb": max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -49,6 +54,12 @@ def run_summary(
         "phase_seconds": result.phases.seconds,  # rank 0's; a step's collectives are inside backward/optimizer
         "examples_per_task": examples_per_task,
     }
+
+
+def frozen_clusters(model: CGCModel) -> list[str]:
+    """The clusters none of whose parameters the optimizer updates."""
+    clusters = model.task_map.clusters
+    return [c for c in clusters if not any(p.requires_grad for p in model.cluster_parameters(c))]
 
 
 def base_param_bytes(model: CGCModel) -> tuple[int, int]:

@@ -121,3 +121,22 @@ def test_the_recipe_refuses_int8_under_zero3_before_loading_a_model():
     assert result.returncode == 2, result.stderr[-2000:]
     assert "int8 with ZeRO-3" in result.stderr and "Traceback" not in result.stderr
     assert "Loading weights" not in result.stderr + result.stdout  # refused before any model loads
+
+
+def test_a_cluster_without_training_data_is_frozen_and_left_out_of_the_optimizer(tmp_path):
+    # Under ZeRO-3 (the tiny config's), which partitions the frozen cluster like the frozen base.
+    rows = (ROOT / "recipes/data/demo/train.jsonl").read_text().splitlines()
+    letters = {"first_letter", "last_letter", "length"}
+    kept = [line for line in rows if json.loads(line)["task"] not in letters]
+    (tmp_path / "train.jsonl").write_text("\n".join(kept) + "\n")
+    command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
+    command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
+    command += ["train.max_steps=2", "eval.max_examples_per_task=1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: clusters ['letters'] have no training examples" in result.stderr
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["frozen_clusters"] == ["letters"]
+    # the three clusters have the same shape (3 tasks each): two of them are optimized
+    assert summary["optimized_params"] * 3 == summary["trainable_params"] * 2
