@@ -3,6 +3,7 @@
     python benchmarks/step_speed.py                                  # SmolLM2-135M-Instruct and a tiny Llama
     python benchmarks/step_speed.py --models tiny --batch 8 --seq 64
     python benchmarks/step_speed.py --models meta-llama/Llama-3.2-1B --dtype bfloat16   # on a GPU (tokens/s, MFU)
+    python benchmarks/step_speed.py --models tiny --compile          # both under torch.compile (CGCModel.compile)
 
 CGC-LoRA: the demo's shape (3 clusters x 3 tasks, S=2, K=1, r=8 on all 7 projections); the batch holds one
 cluster with its three tasks mixed, as the cluster-aware sampler gives it. Against PEFT LoRA on the same frozen
@@ -46,6 +47,10 @@ def build(model_name: str, variant: str, args):
     else:
         model, params, inputs = peft_lora(base, ids, int(variant.removeprefix("peft_r")))
     randomize(params)
+    if args.compile and variant == "cgc":
+        model.compile()  # the base with its CGC-LoRA layers; routing stays eager
+    elif args.compile:
+        model = torch.compile(model)
     return model, params, inputs
 
 
@@ -66,7 +71,8 @@ def peak_memory_mb(model_name: str, variant: str, args) -> float:
 
 
 def forwarded(args) -> list[str]:
-    return ["--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype, "--device", args.device]
+    flags = ["--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype, "--device", args.device]
+    return flags + (["--compile"] if args.compile else [])
 
 
 def rss_mb() -> float:
@@ -88,6 +94,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every variant (warmup compiles)")
     parser.add_argument("--_memory_of", nargs=2, help=argparse.SUPPRESS)  # internal: one variant's CPU memory
     args = parser.parse_args()
 
@@ -125,6 +132,7 @@ def main():
         "seq": args.seq,
         "dtype": args.dtype,
         "repeats": args.repeats,
+        "compile": args.compile,
         "target_cgc_over_peft_r24_max": 1.10,
         "results": results,
     }

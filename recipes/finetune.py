@@ -9,7 +9,6 @@ load_inputs (config and raw data, validated before any process group or model ex
 -> setup_model (base model, optionally 4-bit NF4 / 8-bit, + cgc.attach) -> setup_data (tokenised data and the
 cluster-aware sampler) -> setup_engine (optimizer, schedule, deepspeed.initialize) -> resume -> train
 (checkpoints; SIGTERM/SIGINT = checkpoint and exit 0) -> finish (per-task eval, adapters/, run_summary.json).
-On machines without GPUs the same code runs on CPU ranks over gloo.
 """
 
 from __future__ import annotations
@@ -147,6 +146,8 @@ def setup_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
         error_exit(f"cgc: {err}")
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.train.compile:
+        model.compile()  # the base with its CGC-LoRA layers; routing stays eager (CGCModel.compile)
     counts = f"{len(cfg.cgc.clusters)} clusters, {len(model.tasks)} tasks"
     print0(f"CGC-LoRA on {m.name_or_path}: {counts}, {model.num_trainable_parameters():,} trainable")
     return model, tokenizer, keep_alive

@@ -174,7 +174,25 @@ class CGCModel(nn.Module):
         The caller sets it when ZeRO-3 ranks may hold batches of different clusters (sharded evaluation): every
         rank must then call the same submodules. In training the sampler keeps all ranks on one cluster."""
         self._set_routing(args, kwargs, task_ids, every_cluster)
-        return self.base_model(*args, **kwargs)
+        compiled = self.__dict__.get("_compiled_base")
+        return (self.base_model if compiled is None else compiled)(*args, **kwargs)
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether `compile` was called: forward runs the compiled base."""
+        return "_compiled_base" in self.__dict__
+
+    def compile(self, **kwargs) -> None:
+        """`torch.compile` the base model's forward with its CGC-LoRA layers (`kwargs`: torch.compile's); forward
+        uses it from the next call. Routing stays eager: it reads task ids on the host and builds index tensors,
+        Python that a graph cannot hold. Each routing a batch has (its cluster, or mix of clusters) compiles one
+        graph the first time it is seen. `generate` stays eager: decoding changes the sequence length every token.
+        Parameters, state_dict and saved adapters are unchanged."""
+        # in __dict__, not through nn.Module.__setattr__: not registered as a submodule
+        self.__dict__["_compiled_base"] = torch.compile(self.base_model, **kwargs)
+        if "_checkpointing" in self.__dict__:
+            ckpt_kwargs, kwargs = self.__dict__["_checkpointing"]
+            self.gradient_checkpointing_enable(ckpt_kwargs, **kwargs)  # again, for the compiled graph
 
     def generate(self, *args, task_ids=None, every_cluster: bool = False, **kwargs):
         self._set_routing(args, kwargs, task_ids, every_cluster)
@@ -248,7 +266,11 @@ class CGCModel(nn.Module):
         ckpt_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         if ckpt_kwargs["use_reentrant"]:
             raise ValueError("CGC-LoRA supports non-reentrant checkpointing only (use_reentrant=False)")
-        ckpt_kwargs["context_fn"] = self._router.checkpoint_context
+        if not self.is_compiled:
+            # eager: recomputation runs after forward returned, so it pins the forward's routing. A compiled graph
+            # holds the routing's tensors as its inputs, and dynamo cannot trace a context_fn.
+            ckpt_kwargs["context_fn"] = self._router.checkpoint_context
+        self.__dict__["_checkpointing"] = (gradient_checkpointing_kwargs, kwargs)
         enable = getattr(self.base_model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)

@@ -86,6 +86,11 @@ class TrainSection:
     gradient_checkpointing: bool = knob(
         False, "recompute activations in backward: less activation memory for one more forward pass"
     )
+    compile: bool = knob(
+        False,
+        "torch.compile the base model with its CGC-LoRA layers for the training steps (routing stays eager); the "
+        "first step of each cluster compiles its graph (tens of seconds on CPU); eval's generate stays eager",
+    )
     save_every: int = knob(0, "checkpoint every N steps (0: only at the end, on preemption and on stop_after)")
     keep_last: int | None = knob(None, "keep the newest N complete checkpoints (null: all); never the resumed one")
     log_every: int = knob(10, "write metrics.jsonl / TensorBoard (losses, gates) every N steps; the last step always")

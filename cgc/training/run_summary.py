@@ -53,7 +53,17 @@ def run_summary(
         "padding_fraction": padding_fraction(result.tokens, result.padded_tokens),
         "phase_seconds": result.phases.seconds,  # rank 0's; a step's collectives are inside backward/optimizer
         "examples_per_task": examples_per_task,
+        "compiled_graphs": compiled_graphs(model),  # train.compile: the graphs torch.compile made (null: eager)
     }
+
+
+def compiled_graphs(model: CGCModel) -> int | None:
+    """The graphs torch.compile made in this process (rank 0's): one per routing and shape it recompiled for."""
+    if not model.is_compiled:
+        return None
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def frozen_clusters(model: CGCModel) -> list[str]:

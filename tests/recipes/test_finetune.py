@@ -125,6 +125,20 @@ def test_zero3_follows_zero2_step_for_step(zero3_run, tmp_path):
         assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
 
 
+def test_train_compile_takes_the_eager_steps_under_zero3(zero3_run, tmp_path):
+    # torch.compile of the base with its CGC-LoRA layers, checkpointing on, ZeRO-3 hooks and NF4 inside the graph.
+    out, _ = zero3_run
+    compiled = tmp_path / "compiled"
+    launch(compiled, "train.max_steps=8", "train.stop_after=4", "train.compile=true", *QUIET)
+    summary = json.loads((compiled / "run_summary.json").read_text())
+    assert summary["compiled_graphs"] >= 1
+    assert json.loads((out / "run_summary.json").read_text())["compiled_graphs"] is None
+    a, b = losses(out), losses(compiled)
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in b:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+
+
 def test_resume_is_exact(zero3_run, tmp_path):
     out, _ = zero3_run
     resumed = tmp_path / "resumed"
