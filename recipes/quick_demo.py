@@ -19,6 +19,7 @@ import os
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,6 +29,7 @@ import cgc
 from cgc.data import ClusterAwareBatchSampler, MultiTaskCollator, load_examples, load_task_examples, tokenize_dataset
 from cgc.evaluation import MetricSpec, generate_answers, score_tasks
 from cgc.models import load_base_model
+from cgc.training.optimizer import optimizer_and_schedule
 
 DEMO = Path(__file__).parent / "data" / "demo"
 # Short on purpose: without one, SmolLM2's chat template adds a long default system prompt to every example.
@@ -105,8 +107,11 @@ def exact_match_per_task(model: cgc.CGCModel, tokenizer, examples: list[dict], b
 
 
 def train(model: cgc.CGCModel, loader, sampler, steps: int, lr: float, gate_lr: float) -> None:
-    optimizer = torch.optim.AdamW(model.optimizer_groups(lr, gate_lr))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr, gate_lr], total_steps=steps, pct_start=0.1)
+    # the recipe's optimizer: experts warm up then follow a cosine; the gates keep their own lr from the first step
+    schedule = SimpleNamespace(
+        lr=lr, gate_lr=gate_lr, weight_decay=0.0, schedule="cosine", warmup_steps=steps // 10, max_steps=steps
+    )
+    optimizer, scheduler, _ = optimizer_and_schedule(model, schedule, {"zero_optimization": {}})
     progress = tqdm(total=steps, desc="train", unit="step")
     step = 0
     while step < steps:  # each pass over the loader is one sampler epoch
