@@ -274,7 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min_rank", type=int, default=4, help="no expert below this rank: raises the budget")
     parser.add_argument("--moe_experts", type=int, default=4, help="MOELoRA's number of experts (default 4)")
     parser.add_argument("--seeds", type=int, default=3, help="final runs per method: seed, seed+1, ... (default 3)")
-    parser.add_argument("--lr_grid", default="2.5e-4,5e-4,1e-3,2e-3,4e-3", help="experts' lrs tried (one: no grid)")
+    parser.add_argument("--lr_grid", default="6.25e-5,1.25e-4,2.5e-4,5e-4,1e-3", help="experts' lrs (one: no grid)")
     parser.add_argument("--grid_steps", type=int, help="steps of each grid run (default: half of train.max_steps)")
     parser.add_argument("--gate_lr", type=float, help="the gates' lr in every run (default: the config's gate_lr)")
     parser.add_argument("--validation_per_task", type=int, default=32, help="validation examples carved per task")
