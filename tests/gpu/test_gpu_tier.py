@@ -156,3 +156,17 @@ def test_two_ranks_shard_the_nf4_base(tmp_path):
     assert summary["world_size"] == 2 and summary["finished"]
     assert summary["base_param_bytes_per_rank"] <= 0.55 * summary["base_param_bytes_total"]
     assert (out / "eval.json").is_file()
+
+
+def test_the_gpu_step_benchmark_times_the_recipe_and_compiles(tmp_path):
+    # benchmarks/gpu_step.py's GPU-only paths on a small model: NF4 under bf16, torch.compile of both methods, and
+    # --recipe (recipes/finetune.py's own steps under ZeRO-3 with the bf16 engine) at the same batch and length.
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "benchmarks/gpu_step.py", "--model", "tiny-llama", "--batch", "4", "--seq", "128"]
+    command += ["--repeats", "3", "--warmup", "2", "--compile", "--recipe"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["quantization"] == "nf4" and report["compile"] is True
+    assert all(row["tokens_per_s"] > 0 and row["peak_memory_mb"] > 0 for row in report["results"].values())
+    assert report["recipe"]["padding_fraction"] == 0 and report["recipe"]["tokens_per_s"] > 0
