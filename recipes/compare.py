@@ -41,14 +41,23 @@ from cgc.adapter import presets
 from cgc.adapter.presets import CONTROLS, LABELS, method_shape
 from cgc.analysis import gate_report
 from cgc.analysis import report as seesaw
-from cgc.analysis.report import OURS
+from cgc.analysis.report import GIVEN, OURS
 from cgc.analysis.report_files import write_report
 from cgc.analysis.stats import paired_bootstrap
 from cgc.data.validation_split import write_jsonl
 from cgc.evaluation import task_metrics
 from cgc.recipe import ConfigError, RecipeConfig, error_exit, load_recipe_config
-from cgc.recipe.child_runs import is_done, launcher, run_to_end, write_run_config
-from cgc.recipe.comparison import check_split_record, parse_grid, rank_ratio, split_data, split_record, trainable_counts
+from cgc.recipe.child_runs import is_done, launcher, prune_finished, run_to_end, write_run_config
+from cgc.recipe.comparison import (
+    check_split_record,
+    parse_arguments,
+    parse_given_lrs,
+    parse_grid,
+    rank_ratio,
+    split_data,
+    split_record,
+    trainable_counts,
+)
 from cgc.training.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +65,7 @@ FINETUNE = ROOT / "recipes" / "finetune.py"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_arguments(argv, __doc__)
     plan = make_plan(args)  # config, data split and the method configs: checked before anything trains
     print_budgets(plan)
     chosen = tune_learning_rates(plan)  # 1. the lr of each method, from its validation score
@@ -78,6 +87,7 @@ class Plan:
     methods: list[str]
     matches: list[str]  # the budgets compared: "trainable", "served"
     grid: list[float]  # the learning rates tried per method (one: no grid)
+    given: dict[str, float]  # method -> the lr --lrs gave it: no grid for it
     presets: dict[str, dict[str, cgc.CGCLoraConfig]]  # budget -> method -> its configuration
     budget: int  # total expert rank per adapted layer
     asked: int  # the budget asked for (raised to `budget` when too small for min_rank)
@@ -103,7 +113,8 @@ class Plan:
         """Whether the method gets a grid of its own under `match` (a control of CGC-LoRA takes CGC-LoRA's lr;
         with --served_lr trainable, a served method takes its trainable lr)."""
         borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
-        return len(self.grid) > 1 and not (method in CONTROLS and OURS in self.methods) and not borrowed
+        control = method in CONTROLS and OURS in self.methods
+        return len(self.grid) > 1 and not control and not borrowed and method not in self.given
 
     @property
     def total_runs(self) -> int:
@@ -127,7 +138,7 @@ def make_plan(args) -> Plan:
             raise ConfigError(
                 "--served_lr trainable takes each method's lr from the trainable budget: add it to --match"
             )
-        grid = parse_grid(args.lr_grid)
+        grid, given = parse_grid(args.lr_grid), parse_given_lrs(args.lrs, methods)
         if args.seeds < 1 or args.eval_examples < 1 or args.validation_per_task < 1 or args.min_rank < 1:
             raise ConfigError("--seeds, --eval_examples, --validation_per_task and --min_rank must be >= 1")
         if not cfg.data.eval_files:
@@ -155,7 +166,7 @@ def make_plan(args) -> Plan:
         print(f"warning: no validation examples for {without}: they take no part in the lr choice", file=sys.stderr)
     # The same rows give the same files: a re-run after an interruption trains on what it trained on.
     files = {name: write_jsonl(out / "data" / f"{name}.jsonl", part) for name, part in rows.items()}
-    return Plan(args, cfg, methods, matches, grid, configs, budget, asked, rows, files, out, count(1))
+    return Plan(args, cfg, methods, matches, grid, given, configs, budget, asked, rows, files, out, count(1))
 
 
 def print_budgets(plan: Plan) -> None:
@@ -187,6 +198,9 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
     order = sorted(plan.methods, key=lambda m: m in CONTROLS)  # CGC-LoRA before the controls that take its lr
     for match in plan.matches:
         for m in order:
+            if m in plan.given:  # --lrs: the same lr under both budgets (a step's size does not depend on the rank)
+                chosen[(match, m)] = {"lr": plan.given[m], "gate_lr": plan.gate_lr, "lr_from": GIVEN}
+                continue
             if not plan.tuned(m, match):
                 control = m in CONTROLS and OURS in plan.methods
                 source = (match, OURS) if control else ("trainable", m) if len(plan.grid) > 1 else None
@@ -201,7 +215,8 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
                     plan, lr, plan.cfg.seed, plan.grid_steps, plan.files["validation"], n_validation
                 )
                 label = f"{LABELS[m]} ({match}), grid lr {lr:g}"
-                result = train_and_score(plan, match, m, plan.out / "grid" / name / f"lr_{lr:g}", settings, label)
+                grid_run = plan.out / "grid" / name / f"lr_{lr:g}"
+                result = train_and_score(plan, match, m, grid_run, settings, label, keep_adapters=False)
                 scores[f"{lr:g}"] = result["mean"]
             lr = plan.grid[int(np.argmax(list(scores.values())))]
             chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, "grid": scores}
@@ -260,31 +275,6 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
 # ==== helpers of the phases ====================================================================================
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", help="report dir (default: <output_dir>/compare)")
-    parser.add_argument("--methods", default=",".join(LABELS), help=f"comma-separated subset of {list(LABELS)}")
-    parser.add_argument("--match", default="trainable,served", help="the budgets: trainable, served or both")
-    parser.add_argument(
-        "--served_lr", choices=("tuned", "trainable"), default="tuned",
-        help="served budget: a grid per method (tuned), or each method's lr from the trainable budget",
-    )  # fmt: skip
-    parser.add_argument("--budget_rank", type=int, help="total expert rank per layer (default: the config's CGC)")
-    parser.add_argument("--min_rank", type=int, default=4, help="no expert below this rank: raises the budget")
-    parser.add_argument("--moe_experts", type=int, default=4, help="MOELoRA's number of experts (default 4)")
-    parser.add_argument("--seeds", type=int, default=3, help="final runs per method: seed, seed+1, ... (default 3)")
-    parser.add_argument("--lr_grid", default="6.25e-5,1.25e-4,2.5e-4,5e-4,1e-3", help="experts' lrs (one: no grid)")
-    parser.add_argument("--grid_steps", type=int, help="steps of each grid run (default: half of train.max_steps)")
-    parser.add_argument("--gate_lr", type=float, help="the gates' lr in every run (default: the config's gate_lr)")
-    parser.add_argument("--validation_per_task", type=int, default=32, help="validation examples carved per task")
-    parser.add_argument("--validation_files", help="comma-separated validation files instead of a carved split")
-    parser.add_argument("--eval_examples", type=int, default=50, help="eval examples per task (where there are)")
-    parser.add_argument("--nproc", type=int, default=1, help="ranks per run (deepspeed launcher when > 1)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value (YAML values), applied to every run")
-    return parser.parse_args(argv)
-
-
 def seeds(plan: Plan) -> list[int]:
     return [plan.cfg.seed + i for i in range(plan.args.seeds)]
 
@@ -294,9 +284,12 @@ def run_settings(plan: Plan, lr: float, seed: int, steps: int, eval_file: Path, 
             "eval_examples": eval_n}  # fmt: skip
 
 
-def train_and_score(plan: Plan, match: str, method: str, run_dir: Path, settings: dict, label: str) -> dict:
+def train_and_score(
+    plan: Plan, match: str, method: str, run_dir: Path, settings: dict, label: str, keep_adapters: bool = True
+) -> dict:
     """One finetune.py run (kept when finished, resumed when interrupted) -> its eval.json. A run made with other
-    settings (another grid, steps, eval size ...) is refused, never reused."""
+    settings (another grid, steps, eval size ...) is refused, never reused. Once finished, its checkpoints go (and
+    its adapters, unless `keep_adapters`), except with --keep_checkpoints."""
     try:
         config_path = write_run_config(plan.cfg, plan.presets[match][method], run_dir, plan.files["train"], settings)
     except ConfigError as err:
@@ -313,6 +306,8 @@ def train_and_score(plan: Plan, match: str, method: str, run_dir: Path, settings
                 f"{run_dir} {why}; its output is above and in {run_dir}. Run the same command again to resume it.",
                 code=code or 1,
             )
+    if not plan.args.keep_checkpoints:
+        prune_finished(run_dir, keep_adapters)
     return json.loads(RunDir(run_dir).eval_json.read_text())
 
 
@@ -340,7 +335,7 @@ def setup(plan: Plan, finals: dict, argv: list[str]) -> dict:
         "seeds": args.seeds,
         "seed_values": seeds(plan),
         "inputs": seesaw.inputs_note(plan.rows["train"] + plan.rows["validation"], plan.rows["eval"]),
-        "tuning": seesaw.tuning_note(plan.grid, plan.grid_steps, *validation, plan.gate_lr, plan.cfg.seed),
+        "tuning": seesaw.tuning_note(plan.grid, plan.grid_steps, *validation, plan.gate_lr, plan.cfg.seed, plan.given),
         **({"training_examples": seesaw.training_note(seen)} if seen else {}),
     }
 

@@ -21,6 +21,7 @@ from cgc.training.run_dir import RunDir
 
 REFERENCE = "per_task_lora"
 OURS = "cgc_lora"
+GIVEN = "given"  # lr_from of a method whose lr --lrs gave
 TASK_HIDDEN = "task hidden from the input (only task-id methods can know it)"
 BUDGET_TITLES = {
     "trainable": "Matched trainable parameters (the same total expert rank per adapted layer)",
@@ -113,11 +114,14 @@ def tuning_note(
     validation_given: bool,
     gate_lr: float,
     seed: int,
+    given: dict[str, float] | None = None,
 ) -> str:
-    """How each method's learning rate was chosen, for report.md."""
+    """How each method's learning rate was chosen, for report.md (`given`: method -> the lr --lrs gave it)."""
     gates = f"The gates' learning rate is their own: {gate_lr:g} at every step of every run (no warmup, no decay)."
+    if given:
+        gates = f"Given with --lrs, not tuned here: {', '.join(f'{m} {lr:g}' for m, lr in given.items())}. {gates}"
     if len(grid) == 1:
-        return f"Learning rate: {grid[0]:g} for every method (no grid). {gates}"
+        return f"Learning rate: {grid[0]:g} for every method not given (no grid). {gates}"
     where = "--validation_files" if validation_given else "carved from the training files (disjoint by example)"
     return (
         f"Learning rate of the experts: per method, the best mean validation score of {grid_steps}-step runs (seed "

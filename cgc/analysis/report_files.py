@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cgc.analysis.report import BUDGET_TITLES, OURS, REFERENCE, verdict
+from cgc.analysis.report import BUDGET_TITLES, GIVEN, OURS, REFERENCE, verdict
 
 
 def markdown(report: dict) -> str:
@@ -77,7 +77,8 @@ def method_table(methods: dict) -> list[str]:
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
         lr = f"{row['lr']:g}" if "lr" in row else "config"
         lr += " (edge)" if row.get("lr_at_edge") else ""
-        lr += f" ({row['lr_from']}'s)" if row.get("lr_from") else ""
+        lr_from = row.get("lr_from")
+        lr += " (given)" if lr_from == GIVEN else f" ({lr_from}'s)" if lr_from else ""
         size = f"{row['export_bytes'] / 1e6:.1f} MB" if "export_bytes" in row else "-"
         lines.append(
             f"| {row['label']} | {row.get('clusters', '-')} | {row['r']} | {row['experts_per_layer']} "

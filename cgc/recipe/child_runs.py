@@ -5,6 +5,7 @@ other settings (never silently reused or mixed)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def write_run_config(cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, tr
         max_steps=settings["max_steps"],
         warmup_steps=round(cfg.train.warmup_steps * scale),
         save_every=min(cfg.train.save_every, settings["max_steps"]),
+        keep_last=1,  # only the newest checkpoint is ever resumed: dozens of runs must not fill the disk
     )
     raw["eval"]["max_examples_per_task"] = settings["eval_examples"]
     raw.update(output_dir=str(run_dir.resolve()), resume="latest")
@@ -75,6 +77,16 @@ def is_done(run_dir: Path) -> bool:
     """The run finished (all its steps, eval and export)."""
     run = RunDir(run_dir)
     return run.eval_json.is_file() and run.summary.is_file() and json.loads(run.summary.read_text())["finished"]
+
+
+def prune_finished(run_dir: Path, keep_adapters: bool) -> None:
+    """Free what a finished child run no longer needs: its checkpoints (a finished run is kept, never resumed)
+    and, for a run scored only for its number (an lr-grid run), its exported adapters. A seesaw of ~50 runs of
+    a 135M model otherwise leaves ~70 GB behind (measured on the SmolLM2 demo, 2 seeds)."""
+    run = RunDir(run_dir)
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
+    if not keep_adapters:
+        shutil.rmtree(run.root / "adapters", ignore_errors=True)
 
 
 def run_to_end(command: list[str], cwd: Path) -> int:

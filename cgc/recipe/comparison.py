@@ -4,6 +4,7 @@ mixing two splits, the shared:own rank ratio of the user's CGC-LoRA, and each me
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -11,11 +12,63 @@ from pathlib import Path
 import numpy as np
 
 import cgc
+from cgc.adapter.presets import LABELS
 from cgc.data import DataError, load_task_examples
 from cgc.data.validation_split import carve_validation, check_disjoint
 from cgc.models import load_recipe_model
 from cgc.recipe.config import RecipeConfig
 from cgc.recipe.errors import ConfigError
+
+
+def parse_arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """compare.py's command line."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", help="report dir (default: <output_dir>/compare)")
+    parser.add_argument("--methods", default=",".join(LABELS), help=f"comma-separated subset of {list(LABELS)}")
+    parser.add_argument("--match", default="trainable,served", help="the budgets: trainable, served or both")
+    parser.add_argument(
+        "--served_lr", choices=("tuned", "trainable"), default="tuned",
+        help="served budget: a grid per method (tuned), or each method's lr from the trainable budget",
+    )  # fmt: skip
+    parser.add_argument("--budget_rank", type=int, help="total expert rank per layer (default: the config's CGC)")
+    parser.add_argument("--min_rank", type=int, default=4, help="no expert below this rank: raises the budget")
+    parser.add_argument("--moe_experts", type=int, default=4, help="MOELoRA's number of experts (default 4)")
+    parser.add_argument("--seeds", type=int, default=3, help="final runs per method: seed, seed+1, ... (default 3)")
+    parser.add_argument("--lr_grid", default="6.25e-5,1.25e-4,2.5e-4,5e-4,1e-3", help="experts' lrs (one: no grid)")
+    parser.add_argument(
+        "--lrs", default="",
+        help="method=lr,...: these methods take the given lr instead of a grid (e.g. an earlier report's choice)",
+    )  # fmt: skip
+    parser.add_argument("--grid_steps", type=int, help="steps of each grid run (default: half of train.max_steps)")
+    parser.add_argument("--gate_lr", type=float, help="the gates' lr in every run (default: the config's gate_lr)")
+    parser.add_argument("--validation_per_task", type=int, default=32, help="validation examples carved per task")
+    parser.add_argument("--validation_files", help="comma-separated validation files instead of a carved split")
+    parser.add_argument("--eval_examples", type=int, default=50, help="eval examples per task (where there are)")
+    parser.add_argument("--nproc", type=int, default=1, help="ranks per run (deepspeed launcher when > 1)")
+    parser.add_argument(
+        "--keep_checkpoints", action="store_true",
+        help="keep finished runs' checkpoints and the grid runs' adapters (by default they are removed: ~1 GB a run)",
+    )  # fmt: skip
+    parser.add_argument("overrides", nargs="*", help="key.sub=value (YAML values), applied to every run")
+    return parser.parse_args(argv)
+
+
+def parse_given_lrs(text: str, methods: list[str]) -> dict[str, float]:
+    """--lrs "moelora=5e-4,cgc_lora=1.25e-4" -> {method: lr}, each one of --methods, each lr positive."""
+    given = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        method, _, value = item.partition("=")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = float("nan")
+        if method not in methods or not lr > 0 or method in given:
+            raise ConfigError(
+                f"--lrs: method=lr with each method once, one of --methods {methods} and lr > 0; got {item!r}"
+            )
+        given[method] = lr
+    return given
 
 
 def parse_grid(text: str) -> list[float]:

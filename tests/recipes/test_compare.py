@@ -69,6 +69,8 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
                 (v["task"], v["input"]) for v in validation
             )
             assert row["grid"][lr] == json.loads((grid_run / "eval.json").read_text())["mean"]
+            # A finished grid run keeps its numbers, not its checkpoints nor its adapters (the disk's sake).
+            assert not (grid_run / "checkpoints").exists() and not (grid_run / "adapters").exists()
         assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
         seed_scores = []
         for seed in (0, 1):
@@ -76,6 +78,8 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
             evaluation = json.loads((out / name / f"seed_{seed}" / "eval.json").read_text())
             config = yaml.safe_load((out / name / f"seed_{seed}" / "config.yaml").read_text())
             assert summary["finished"] and summary["steps"] == 4
+            assert not (out / name / f"seed_{seed}" / "checkpoints").exists()  # finished: never resumed
+            assert (out / name / f"seed_{seed}" / "adapters" / "cgc" / "adapter_model.safetensors").is_file()
             assert config["seed"] == seed and config["train"]["lr"] == row["lr"]
             assert row["trainable_params"] == summary["trainable_params"] > 0
             seed_scores.append(evaluation["mean"])
@@ -235,16 +239,32 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     assert report["budgets"]["served"]["methods"] == methods  # the same runs, the same rows
 
 
-def test_served_methods_may_take_the_lr_their_trainable_grid_chose(tmp_path):
-    args = ["--methods", "shared_lora", "--match", "trainable,served", "--served_lr", "trainable", "--seeds", "1"]
+def test_served_methods_may_take_the_lr_their_trainable_grid_chose_and_given_lrs_skip_the_grid(tmp_path):
+    args = ["--methods", "shared_lora,moelora", "--match", "trainable,served", "--served_lr", "trainable"]
     args += ["--lr_grid", "3e-3,1e-2", "--grid_steps", "2", "--validation_per_task", "2", "--eval_examples", "2"]
+    args += ["--seeds", "1", "--keep_checkpoints", "--lrs", "moelora=2e-3"]
     result = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, *args, *FAST)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    budgets = json.loads((tmp_path / "report.json").read_text())["budgets"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    budgets = report["budgets"]
     trainable, served = budgets["trainable"]["methods"]["shared_lora"], budgets["served"]["methods"]["shared_lora"]
     assert served["lr"] == trainable["lr"] and served["lr_from"] == "trainable budget" and "grid" not in served
     assert served["served_rank"] < trainable["served_rank"]  # another configuration, run apart
     assert not (tmp_path / "grid" / "shared_lora@served").exists() and (tmp_path / "shared_lora@served").is_dir()
+    kept = tmp_path / "grid" / "shared_lora" / "lr_0.01"  # --keep_checkpoints: the grid run is left whole
+    assert (kept / "adapters" / "cgc").is_dir() and any((kept / "checkpoints").glob("step_*"))
+    # --lrs: MOELoRA runs no grid and trains at the given lr under both budgets, and the report says so.
+    assert not (tmp_path / "grid" / "moelora").exists()
+    for match, name in (("trainable", "moelora"), ("served", "moelora@served")):
+        row = budgets[match]["methods"]["moelora"]
+        assert row["lr"] == 2e-3 and row["lr_from"] == "given" and "grid" not in row
+        assert yaml.safe_load((tmp_path / name / "seed_0" / "config.yaml").read_text())["train"]["lr"] == 2e-3
+    assert "moelora 0.002" in report["setup"]["tuning"] and "0.002 (given)" in (tmp_path / "report.md").read_text()
     refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "x", "--match", "served",
                   "--served_lr", "trainable", *FAST)  # fmt: skip
     assert refused.returncode == 2 and "add it to --match" in refused.stderr
+    for bad in ("cgc_lora=1e-3", "moelora=0", "moelora=fast", "moelora=1e-3,moelora=2e-3"):
+        refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "y", "--methods", "moelora",
+                      "--lrs", bad, *FAST)  # fmt: skip
+        assert refused.returncode == 2 and "--lrs" in refused.stderr and "Traceback" not in refused.stderr, bad
+    assert not (tmp_path / "y").exists()  # refused before anything was written
