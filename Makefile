@@ -42,11 +42,12 @@ demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" launch/local.sh 2 recipes/configs/smollm2_demo.yaml
 
 # The seesaw report on the demo's instruction variant (every prompt names its task): shared LoRA, per-task LoRA,
-# MOELoRA and CGC-LoRA at a matched budget, each at the lr its validation grid picks, over 3 seeds; every run is
-# a run of the demo recipe on SEESAW_NPROC ranks (resumable: run it again after an interruption). Writes
-# outputs/seesaw/. Smaller: make seesaw SEESAW_ARGS="--seeds 3 --lr_grid 1e-3,3e-3 --grid_steps 30 train.max_steps=60"
+# MOELoRA, CGC-LoRA and its controls under both budgets, each at the lr its validation grid picks, over 3 seeds;
+# every run is a run of the demo recipe on SEESAW_NPROC ranks (resumable: run it again after an interruption).
+# 400 steps of 8 examples: each task's own experts see ~350 examples (the report prints the count per task).
+# Writes outputs/seesaw/. Smaller: make seesaw SEESAW_ARGS="--seeds 1 --grid_steps 50 train.max_steps=100"
 # The task-hidden variant: make seesaw SEESAW_DATA= SEESAW_OUT=outputs/seesaw_hidden
-SEESAW_ARGS ?= --seeds 3
+SEESAW_ARGS ?= --seeds 3 train.max_steps=400
 SEESAW_NPROC ?= 2
 SEESAW_OUT ?= outputs/seesaw
 SEESAW_DATA ?= 'data.train_files=[recipes/data/demo/instruct_train.jsonl]' \

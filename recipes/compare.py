@@ -9,7 +9,8 @@ task), each at the learning rate its own validation grid picked, over several se
 1. Data: a validation split is carved from the training files (per task, seeded; disjoint from training and
    from the eval files by example) unless --validation_files gives one. Written under <out>/data/.
 2. Learning rate of the experts: per method and budget, a short run (--grid_steps) for each lr of --lr_grid, scored
-   on the validation split; the best mean score picks the method's lr (CGC-LoRA's controls take CGC-LoRA's). The
+   on the validation split; the best mean score picks the method's lr (CGC-LoRA's controls take CGC-LoRA's; --lrs
+   gives a method a known lr instead, e.g. an earlier report's choice, under both budgets). The
    gates' lr is their own (train.gate_lr, or --gate_lr), the same in every run. The eval files are never looked at
    here.
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
@@ -21,7 +22,8 @@ task), each at the learning rate its own validation grid picked, over several se
 Every run is one run of recipes/finetune.py under --out (default <output_dir>/compare): grid/<method>/lr_<lr>/ and
 <method>/seed_<seed>/, with `@served` after the method where the served budget gives it another configuration (a
 method configured the same under both budgets runs once). Run the same command again after an interruption:
-finished runs are kept, an interrupted one resumes from its last checkpoint.
+finished runs are kept (their scores and adapters; their checkpoints are deleted, and a grid run's adapters, unless
+--keep_checkpoints), an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class Plan:
 
     def tuned(self, method: str, match: str = "trainable") -> bool:
         """Whether the method gets a grid of its own under `match` (a control of CGC-LoRA takes CGC-LoRA's lr;
-        with --served_lr trainable, a served method takes its trainable lr)."""
+        with --served_lr trainable, a served method takes its trainable lr; --lrs gives a method its lr)."""
         borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
         control = method in CONTROLS and OURS in self.methods
         return len(self.grid) > 1 and not control and not borrowed and method not in self.given
@@ -246,7 +248,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         match: {m: method_runs(plan, match, m, chosen[(match, m)], finals[(match, m)]) for m in plan.methods}
         for match in plan.matches
     }
-    report = seesaw.build_report(budgets, setup(plan, finals, argv))
+    report = seesaw.build_report(budgets, setup(plan, chosen, finals, argv))
     cfg = plan.cfg
     metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     for match, budget in report["budgets"].items():
@@ -317,12 +319,13 @@ def method_runs(plan: Plan, match: str, method: str, chosen: dict, runs: list[Pa
     return {"config": shape, **chosen, "seeds": list(map(seesaw.read_run, runs)), "export_bytes": exported}
 
 
-def setup(plan: Plan, finals: dict, argv: list[str]) -> dict:
+def setup(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> dict:
     """The report's setup: the command, the model, steps, seeds, budgets, the data and how the lrs were chosen."""
     first = finals.get((plan.matches[0], OURS), finals[next(iter(finals))])[0]  # CGC-LoRA's when it ran
     seen = json.loads(RunDir(first).summary.read_text()).get("examples_per_task", {})
     args = plan.args
     validation = (len(plan.rows["validation"]), bool(args.validation_files))
+    lrs = (plan.gate_lr, plan.cfg.seed, plan.given, any("grid" in c for c in chosen.values()))  # the last: a grid ran
     return {
         "command": " ".join(["python recipes/compare.py", *map(shlex.quote, argv)]),
         "model": plan.cfg.model.name_or_path,
@@ -335,7 +338,7 @@ def setup(plan: Plan, finals: dict, argv: list[str]) -> dict:
         "seeds": args.seeds,
         "seed_values": seeds(plan),
         "inputs": seesaw.inputs_note(plan.rows["train"] + plan.rows["validation"], plan.rows["eval"]),
-        "tuning": seesaw.tuning_note(plan.grid, plan.grid_steps, *validation, plan.gate_lr, plan.cfg.seed, plan.given),
+        "tuning": seesaw.tuning_note(plan.grid, plan.grid_steps, *validation, *lrs),
         **({"training_examples": seesaw.training_note(seen)} if seen else {}),
     }
 

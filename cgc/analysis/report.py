@@ -115,19 +115,24 @@ def tuning_note(
     gate_lr: float,
     seed: int,
     given: dict[str, float] | None = None,
+    grid_ran: bool = True,
 ) -> str:
-    """How each method's learning rate was chosen, for report.md (`given`: method -> the lr --lrs gave it)."""
+    """How each method's learning rate was chosen, for report.md (`given`: method -> the lr --lrs gave it;
+    `grid_ran`: whether any method ran the grid)."""
     gates = f"The gates' learning rate is their own: {gate_lr:g} at every step of every run (no warmup, no decay)."
+    controls = "CGC-LoRA's controls take CGC-LoRA's lr."
     if given:
-        gates = f"Given with --lrs, not tuned here: {', '.join(f'{m} {lr:g}' for m, lr in given.items())}. {gates}"
-    if len(grid) == 1:
-        return f"Learning rate: {grid[0]:g} for every method not given (no grid). {gates}"
+        lrs = ", ".join(f"{LABELS.get(m, m)} {lr:g}" for m, lr in given.items())
+        gates = f"Given with --lrs (not tuned in this comparison): {lrs}. {gates}"
     where = "--validation_files" if validation_given else "carved from the training files (disjoint by example)"
+    if len(grid) == 1:
+        return f"Learning rate: {grid[0]:g} for every method not given (no grid); {controls} {gates}"
+    if not grid_ran:
+        return f"No lr grid ran; the {n_validation} validation examples were still {where}. {controls} {gates}"
     return (
         f"Learning rate of the experts: per method, the best mean validation score of {grid_steps}-step runs (seed "
         f"{seed}) at each lr of {', '.join(f'{lr:g}' for lr in grid)}; validation: {n_validation} examples {where}; "
-        "a tie goes to the first lr listed; CGC-LoRA's controls take CGC-LoRA's lr. The eval examples were not used "
-        f"for the choice. {gates}"
+        f"a tie goes to the first lr listed; {controls} The eval examples were not used for the choice. {gates}"
     )
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 import cgc
-from cgc.adapter.presets import LABELS
+from cgc.adapter.presets import CONTROLS, LABELS
+from cgc.analysis.report import OURS
 from cgc.data import DataError, load_task_examples
 from cgc.data.validation_split import carve_validation, check_disjoint
 from cgc.models import load_recipe_model
@@ -48,36 +50,46 @@ def parse_arguments(argv: list[str] | None, description: str) -> argparse.Namesp
     parser.add_argument("--nproc", type=int, default=1, help="ranks per run (deepspeed launcher when > 1)")
     parser.add_argument(
         "--keep_checkpoints", action="store_true",
-        help="keep finished runs' checkpoints and the grid runs' adapters (by default they are removed: ~1 GB a run)",
+        help="keep a finished run's last checkpoint and a grid run's adapters (by default removed: ~0.5 GB a run)",
     )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="key.sub=value (YAML values), applied to every run")
     return parser.parse_args(argv)
 
 
 def parse_given_lrs(text: str, methods: list[str]) -> dict[str, float]:
-    """--lrs "moelora=5e-4,cgc_lora=1.25e-4" -> {method: lr}, each one of --methods, each lr positive."""
+    """--lrs "moelora=5e-4,cgc_lora=1.25e-4" -> {method: lr}: each method once and one of --methods, each lr finite
+    and > 0, and no control of CGC-LoRA beside it (a control takes CGC-LoRA's lr: that pairing is the control)."""
     given = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        method, _, value = item.partition("=")
-        try:
-            lr = float(value)
-        except ValueError:
-            lr = float("nan")
-        if method not in methods or not lr > 0 or method in given:
-            raise ConfigError(
-                f"--lrs: method=lr with each method once, one of --methods {methods} and lr > 0; got {item!r}"
-            )
-        given[method] = lr
+        method, _, value = (part.strip() for part in item.partition("="))
+        lr = finite_lr(value)
+        if method not in methods:
+            problem = f"{method!r} is not one of --methods {methods}"
+        elif method in CONTROLS and OURS in methods:
+            problem = f"{method} is a control of {OURS}: it takes {OURS}'s lr (give that one instead)"
+        elif method in given:
+            problem = f"{method} is given twice"
+        elif lr is None:
+            problem = f"{value!r} is not a finite learning rate > 0"
+        else:
+            given[method] = lr
+            continue
+        raise ConfigError(f"--lrs: method=lr,...: {problem} (in {item!r})")
     return given
 
 
-def parse_grid(text: str) -> list[float]:
+def finite_lr(text: str) -> float | None:
     try:
-        grid = [float(v) for v in text.split(",") if v.strip()]
+        lr = float(text)
     except ValueError:
-        raise ConfigError(f"--lr_grid: comma-separated learning rates, got {text!r}") from None
-    if not grid or min(grid) <= 0:
-        raise ConfigError(f"--lr_grid: positive learning rates, got {text!r}")
+        return None
+    return lr if math.isfinite(lr) and lr > 0 else None
+
+
+def parse_grid(text: str) -> list[float]:
+    grid = [finite_lr(v) for v in text.split(",") if v.strip()]
+    if not grid or None in grid:
+        raise ConfigError(f"--lr_grid: comma-separated finite learning rates > 0, got {text!r}")
     return list(dict.fromkeys(grid))  # each lr once, in the order given
 
 

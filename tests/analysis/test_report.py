@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cgc.analysis.gate_report import own_share, summary
-from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, verdict
+from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, tuning_note, verdict
 from cgc.analysis.report_files import markdown, write_report
 
 TASKS = {"add": "numbers", "uppercase": "words", "length": "letters"}
@@ -127,3 +127,12 @@ def test_without_per_task_lora_there_are_no_deltas_and_the_files_are_written(tmp
     for image in ("seesaw.png", "budgets.png"):
         assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "gates.png").exists()
+
+
+def test_the_tuning_note_says_which_lrs_were_given_and_whether_a_grid_ran():
+    grid = [1e-4, 2e-4]
+    ran = tuning_note(grid, 50, 125, False, 1e-2, 0, {"moelora": 5e-4}, grid_ran=True)
+    assert "best mean validation score of 50-step runs" in ran and "MOELoRA 0.0005" in ran
+    none = tuning_note(grid, 50, 125, False, 1e-2, 0, {"moelora": 5e-4, "cgc_lora": 1e-4}, grid_ran=False)
+    assert none.startswith("No lr grid ran") and "validation score" not in none and "CGC-LoRA 0.0001" in none
+    assert "for every method not given" in tuning_note([3e-4], 50, 0, False, 1e-2, 0)

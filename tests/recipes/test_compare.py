@@ -259,12 +259,14 @@ def test_served_methods_may_take_the_lr_their_trainable_grid_chose_and_given_lrs
         row = budgets[match]["methods"]["moelora"]
         assert row["lr"] == 2e-3 and row["lr_from"] == "given" and "grid" not in row
         assert yaml.safe_load((tmp_path / name / "seed_0" / "config.yaml").read_text())["train"]["lr"] == 2e-3
-    assert "moelora 0.002" in report["setup"]["tuning"] and "0.002 (given)" in (tmp_path / "report.md").read_text()
+    assert "MOELoRA 0.002" in report["setup"]["tuning"] and "0.002 (given)" in (tmp_path / "report.md").read_text()
     refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "x", "--match", "served",
                   "--served_lr", "trainable", *FAST)  # fmt: skip
     assert refused.returncode == 2 and "add it to --match" in refused.stderr
-    for bad in ("cgc_lora=1e-3", "moelora=0", "moelora=fast", "moelora=1e-3,moelora=2e-3"):
-        refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "y", "--methods", "moelora",
-                      "--lrs", bad, *FAST)  # fmt: skip
-        assert refused.returncode == 2 and "--lrs" in refused.stderr and "Traceback" not in refused.stderr, bad
+    bad_lrs = {"shared_lora=1e-3": "not one of --methods", "moelora=0": "not a finite", "moelora=inf": "not a finite",
+               "moelora=1e-3,moelora=2e-3": "given twice", "cgc_no_gate=1e-3": "takes cgc_lora's lr"}  # fmt: skip
+    for bad, why in bad_lrs.items():
+        refused = run("recipes/compare.py", "--config", TINY, "--out", tmp_path / "y", "--methods",
+                      "moelora,cgc_lora,cgc_no_gate", "--lrs", bad, *FAST)  # fmt: skip
+        assert refused.returncode == 2 and why in refused.stderr and "Traceback" not in refused.stderr, bad
     assert not (tmp_path / "y").exists()  # refused before anything was written
