@@ -86,7 +86,7 @@ def prune_finished(run_dir: Path, keep_adapters: bool) -> None:
     run = RunDir(run_dir)
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     if not keep_adapters:
-        shutil.rmtree(run.root / "adapters", ignore_errors=True)
+        shutil.rmtree(run.adapters, ignore_errors=True)
 
 
 def run_to_end(command: list[str], cwd: Path) -> int:

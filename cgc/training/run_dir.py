@@ -74,13 +74,18 @@ class RunDir:
         return self.root / "gates.json"
 
     @property
+    def adapters(self) -> Path:
+        """adapters/: the cgc adapter and the PEFT exports."""
+        return self.root / "adapters"
+
+    @property
     def cgc_adapter(self) -> Path:
-        return self.root / "adapters" / "cgc"
+        return self.adapters / "cgc"
 
     @property
     def peft_adapters(self) -> Path:
         """adapters/peft: one directory per task."""
-        return self.root / "adapters" / "peft"
+        return self.adapters / "peft"
 
     def peft_bytes(self) -> int:
         """Bytes of every task's exported adapter weights (what serving all of them keeps in memory)."""
