@@ -14,6 +14,7 @@ cluster-aware sampler) -> setup_engine (optimizer, schedule, deepspeed.initializ
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import yaml
 from tqdm import tqdm
 
 import cgc
+from cgc.adapter.growth import load_trained
 from cgc.data import ClusterAwareBatchSampler, task_counts, tokenize_dataset
 from cgc.evaluation import evaluate_tasks, markdown_table, write_results
 from cgc.recipe import RecipeConfig, error_exit
@@ -142,6 +144,8 @@ def setup_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
     base, tokenizer = load_recipe_model(m.name_or_path, m.gguf_file, m.quantization, m.dtype, seed=cfg.seed)
     try:
         model = cgc.attach(base, cfg.cgc)
+        if cfg.init_from:  # the trained clusters' experts and gates, frozen; cfg.cgc was grown from them
+            load_trained(model, cfg.init_from)
     except ValueError as err:  # e.g. target_modules matching nothing: a config problem, not a crash
         error_exit(f"cgc: {err}")
     if cfg.train.gradient_checkpointing:
@@ -192,10 +196,9 @@ def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict, cluste
 
 def resume(engine, sampler: ClusterAwareBatchSampler, resume_dir: Path | None) -> int:
     """-> the step to start from: 0, or the resumed checkpoint's."""
-    if resume_dir is None:
-        return 0
-    step, message = ckpt.load(engine, sampler, resume_dir)
-    print0(message)
+    step, message = ckpt.load(engine, sampler, resume_dir) if resume_dir is not None else (0, None)
+    if message:
+        print0(message)
     return step
 
 
@@ -220,7 +223,7 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
 
     log = RunLog(out.root, cfg.cgc.num_shared_experts, rank, resume_from=step)
     progress = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=rank != 0)
-    micro_batches = endless(loader)
+    micro_batches = itertools.chain.from_iterable(itertools.repeat(loader))  # each pass: one sampler epoch
     stop_at = min(cfg.train.max_steps, step + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.max_steps
     engine.train()
     last_saved, tokens, padded, final_loss = step, 0.0, 0.0, log.last_loss
@@ -317,7 +320,8 @@ def evaluate_run(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, preemp
         )
         return "interrupted"
     results, examples, answers = evaluated
-    untrained = sorted(set(results["tasks"]) - set(task_counts(inputs.train_raw)))
+    trained = set(task_counts(inputs.train_raw)) | set(inputs.growth.trained.tasks if inputs.growth else ())
+    untrained = sorted(set(results["tasks"]) - trained)
     if untrained:  # only then: eval.json stays what recipes/evaluate.py writes for the same adapter
         results["untrained_tasks"] = untrained
         print0(f"warning: scored tasks without training data: {untrained}", file=sys.stderr)
@@ -336,14 +340,6 @@ def export_run(model: cgc.CGCModel, out: RunDir, zero3: bool, rank: int) -> None
             write_gates(model, out.gates)
             for task in model.tasks:
                 cgc.export_peft_adapter(model, task, out.peft_adapters / task)
-
-
-# ==== helpers of the phases ====================================================================================
-
-
-def endless(loader):
-    while True:  # each pass is one sampler epoch
-        yield from loader
 
 
 if __name__ == "__main__":

@@ -16,7 +16,14 @@ InvalidConfigError = AdapterConfigError  # its name before cgc.CGCError had subc
 SCALINGS = ("rslora", "lora")
 GATE_INITS = ("uniform", "own", "random")
 # What a saved config that lacks a key was written with: the only behaviour versions before the key had.
-SAVED_BEFORE = {"scaling": "lora", "gate_init": "uniform", "train_gate": True, "r_shared": None, "r_task": None}
+SAVED_BEFORE = {
+    "scaling": "lora",
+    "gate_init": "uniform",
+    "train_gate": True,
+    "r_shared": None,
+    "r_task": None,
+    "extends": {},
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class CGCLoraConfig:
         alpha / r * g_{t,k}, the rule of versions before 0.2 (their saved adapters load with it).
     gate_init: the gate logits' start: "uniform" (zeros), "own" (the task's own experts ahead, see
         OWN_BIAS) or "random" (normal, std RANDOM_STD).  train_gate: False keeps the gate uniform (no logits).
+    extends: tasks added to a trained cluster (cgc.adapter.growth): cluster -> the cluster whose S shared experts
+        its tasks mix with their own K, e.g. {"numbers+1": "numbers"}. Such a cluster stores only its tasks' own
+        experts and gates; the shared experts stay in (and are frozen with) the cluster it extends.
 
     Frozen: `task_map` (task name <-> id, id -> cluster) is built once from `clusters` and must not drift from
     it; use `dataclasses.replace` for a changed copy.
@@ -65,6 +75,10 @@ class CGCLoraConfig:
         default="uniform", metadata={"help": "gate logits' start: `uniform`, `own` (own experts ahead) or `random`"}
     )
     train_gate: bool = field(default=True, metadata={"help": "false: the gate stays uniform (no gate parameters)"})
+    extends: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "set by init_from runs: cluster -> the trained cluster whose frozen shared experts it mixes"},
+    )
 
     def __post_init__(self):
         # Normalise containers first so that the JSON round trip compares equal.
@@ -119,12 +133,26 @@ class CGCLoraConfig:
             found.append(f"alpha must be a number > 0, got {self.alpha!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             found.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        found += self._extension_problems()
         tm = self.target_modules
         if isinstance(tm, str):
             if not tm:
                 found.append("target_modules is an empty string")
         elif not isinstance(tm, list) or not tm or not all(isinstance(t, str) and t for t in tm):
             found.append(f"target_modules must be a non-empty list of names or a regex string, got {tm!r}")
+        return found
+
+    def _extension_problems(self) -> list[str]:
+        if not isinstance(self.extends, dict):
+            return [f"extends must be a mapping of cluster -> the cluster it extends, got {self.extends!r}"]
+        found, order = [], list(self.clusters)
+        for cluster, parent in self.extends.items():
+            if cluster not in self.clusters or parent not in self.clusters:
+                found.append(f"extends: {cluster!r} -> {parent!r} names a cluster not in clusters")
+            elif parent in self.extends or order.index(parent) > order.index(cluster):
+                found.append(f"extends: {cluster!r} must extend an earlier cluster that extends none, not {parent!r}")
+        if self.extends and _is_int(self.num_shared_experts) and self.num_shared_experts == 0:
+            found.append("extends needs shared experts to share (num_shared_experts >= 1)")
         return found
 
     def validate(self) -> None:
@@ -171,6 +199,17 @@ class CGCLoraConfig:
             ] * self.num_task_experts
         n = self.experts_per_task
         return [self.alpha * n / math.sqrt(self.exported_rank)] * n
+
+    def shared_rows(self) -> int:
+        """S*r_shared: the rank rows of a cluster's shared experts, the first rows of its stack."""
+        return self.num_shared_experts * self.shared_rank
+
+    def user_clusters(self) -> dict[str, list[str]]:
+        """The cluster map as a user writes it: each cluster with the tasks added to it (`extends`) appended."""
+        merged = {c: list(ts) for c, ts in self.clusters.items() if c not in self.extends}
+        for cluster, parent in self.extends.items():
+            merged[parent] += self.clusters[cluster]
+        return merged
 
     def num_experts(self, cluster: str) -> int:
         """S + K * |T_c|: experts stored for one cluster on every adapted layer."""

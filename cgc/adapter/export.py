@@ -8,7 +8,11 @@ scaling (lora_alpha / r) is 1.
 from __future__ import annotations
 
 import copy
+import filecmp
+import json
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -28,7 +32,7 @@ def export_peft_adapter(model: CGCModel, task: str, out_dir: str | os.PathLike) 
     with torch.no_grad():
         scales = model.task_scales(task)  # (L, R)
         for name, layer in model.adapted_layers().items():
-            a, b = layer.experts[place.cluster].task_factors(place.local_index, scales[layer.layer_index])
+            a, b = layer.task_factors(place.cluster, place.local_index, scales[layer.layer_index])
             # PEFT's key layout: base_model.model.<module path>.lora_{A,B}.weight
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().cpu().contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().cpu().contiguous()
@@ -43,10 +47,30 @@ def export_peft_adapter(model: CGCModel, task: str, out_dir: str | os.PathLike) 
         base_model_name_or_path=getattr(base_config, "_name_or_path", None) or None,
         inference_mode=True,
     )
-    os.makedirs(out_dir, exist_ok=True)
-    peft_config.save_pretrained(out_dir)
-    save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt", "cgc_task": task})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as fresh:
+        peft_config.save_pretrained(fresh)
+        sort_target_modules(Path(fresh) / "adapter_config.json")
+        # One metadata key: safetensors writes a header's metadata in hash-map order, so two keys made the same
+        # tensors' file differ run to run, and an unchanged task's export must stay byte-identical.
+        save_file(tensors, os.path.join(fresh, "adapter_model.safetensors"), metadata={"format": "pt"})
+        for file in sorted(Path(fresh).iterdir()):
+            # an unchanged file is not rewritten: a server that loaded it (e.g. a trained task of a grown adapter,
+            # cgc.adapter.growth) reads the same bytes; a changed one replaces it whole (a rename)
+            target = out_dir / file.name
+            if not (target.is_file() and filecmp.cmp(file, target, shallow=False)):
+                os.replace(file, target)
     return str(out_dir)
+
+
+def sort_target_modules(config_file: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in the set's order, which string hashing changes from one
+    process to the next: sorted, the same export is the same bytes."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))  # PEFT's own layout
 
 
 def merge_task(model: CGCModel, task: str) -> nn.Module:

@@ -63,8 +63,9 @@ class ClusterGates(nn.Module):
     """Gate logits (L, T_c, S+K) of one cluster's tasks on the L adapted layers; None when the gate is not trained
     (one expert per task, or train_gate: false): then every expert of a task keeps m_k / (S + K)."""
 
-    def __init__(self, num_tasks: int, num_layers: int, config: CGCLoraConfig, device=None):
+    def __init__(self, num_tasks: int, num_layers: int, config: CGCLoraConfig, device=None, task_path: bool = True):
         super().__init__()
+        self.task_path = task_path  # False for an extension (cgc.adapter.growth): its layers take (n, R_c) scales
         S, K = config.num_shared_experts, config.num_task_experts
         self.shape = ClusterShape.of(config, num_tasks)
         learned = S + K > 1 and config.train_gate
@@ -104,7 +105,7 @@ class ClusterGates(nn.Module):
         the weights of each sample's task on all of the cluster's rank rows (0 on experts the task may not use); or
         (R,) when a batch of one task runs only that task's experts (ClusterShape.task_path). Split by `unbind`:
         the layers' gradients come back in one stack, not one zero-filled (L, ...) tensor per layer."""
-        if self.shape.task_path(single_task):
+        if self.task_path and self.shape.task_path(single_task):
             return self.task_scales(single_task).unbind(0)
         g = self.gate().transpose(0, 1)  # (T_c, L, S+K)
         rows = torch.bmm(g, self.spread.to(g.dtype))  # (T_c, L, R_c): every task's weights on every layer

@@ -40,16 +40,25 @@ class ClusterExperts(nn.Module):
     experts the task may not use), which the model's gates compute once per forward for every layer.
     """
 
-    def __init__(self, num_tasks: int, config: CGCLoraConfig, in_features: int, out_features: int, device=None):
+    def __init__(
+        self, num_tasks: int, config: CGCLoraConfig, in_features: int, out_features: int, device=None,
+        extension: bool = False,
+    ):  # fmt: skip
         super().__init__()
         shape = ClusterShape.of(config, num_tasks)
+        # An extension (tasks added to a trained cluster, cgc.adapter.growth) stores its own experts only: the
+        # shared experts' rows [0, S*r_shared) of its stack live in the cluster it extends.
+        self.shared_rows = config.shared_rows()
+        self.offset = self.shared_rows if extension else 0
         self.starts = shape.starts
-        self.lora_A = nn.Parameter(torch.empty(shape.starts[-1], in_features, device=device))  # (R_c, d_in)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, shape.starts[-1], device=device))  # (d_out, R_c)
+        rows = shape.starts[-1] - self.offset
+        self.lora_A = nn.Parameter(torch.empty(rows, in_features, device=device))  # (R_c - offset, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rows, device=device))  # (d_out, R_c - offset)
         for k in range(shape.num_experts):
             # Same init as PEFT's LoRA A (kaiming-uniform on each (r, d_in) matrix); B starts at zero so the
             # adapted model starts equal to the base model.
-            nn.init.kaiming_uniform_(self.lora_A.data[self.expert_rows(k)], a=math.sqrt(5))
+            if self.expert_rows(k).start >= self.offset:
+                nn.init.kaiming_uniform_(self.lora_A.data[self.stored(self.expert_rows(k))], a=math.sqrt(5))
         self.register_buffer("active_rows", shape.active_rows.to(device), persistent=False)  # (T_c, R)
 
     @property
@@ -59,18 +68,37 @@ class ClusterExperts(nn.Module):
     def expert_rows(self, k: int) -> slice:
         return slice(self.starts[k], self.starts[k + 1])
 
+    def stored(self, rows: slice) -> slice:
+        """Stack rows -> the rows of lora_A that hold them (an extension stores its stack from `offset` on)."""
+        return slice(rows.start - self.offset, rows.stop - self.offset)
+
     def task_factors(self, local_task: int, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's experts as a single LoRA pair with its weights `scales` (R,) on their rank rows folded into B.
 
-        Returns A (R, d_in) and B (d_out, R), R = S*r_shared + K*r_task, with delta_W = B @ A exactly.
+        Returns A (R, d_in) and B (d_out, R), R = S*r_shared + K*r_task, with delta_W = B @ A exactly. An
+        extension returns its own experts' rows only (R - S*r_shared); CGCLinear.task_factors adds the shared ones.
         """
         rows = self.active_rows[local_task]  # (R,)
+        if self.offset:
+            own = rows >= self.offset
+            rows, scales = rows[own] - self.offset, scales[own]
         return self.lora_A[rows], self.lora_B[:, rows] * scales.to(self.lora_B.dtype)
 
-    def forward(self, x: torch.Tensor, scales: torch.Tensor, single_task: int | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scales: torch.Tensor, single_task: int | None, shared_only: bool = False
+    ) -> torch.Tensor:
         """x (n, L, d_in) -> delta (n, L, d_out) for n samples of this cluster. `scales`: this layer's slice of
         the gates' output, (n, R_c) for each sample on all of the cluster's rank rows, or (R,) when a batch of one
-        task runs only that task's experts (`single_task`)."""
+        task runs only that task's experts (`single_task`). `shared_only`: the shared experts alone, for the
+        samples of an extension of this cluster (`scales` on the extension's rows: its first S*r_shared are the
+        shared experts'). An extension's own forward takes the rows after those."""
+        if shared_only or self.offset:  # samples of an extension: (n, R_c) scales, the shared experts' rows first
+            n = self.shared_rows
+            if shared_only:
+                a, b, scales = self.lora_A[:n], self.lora_B[:, :n], scales[:, :n]
+            else:
+                a, b, scales = self.lora_A, self.lora_B, scales[:, n:]
+            return ScaledLowRank.apply(x, a, b, scales.to(x.dtype))  # (n, L, d_out)
         if scales.dim() == 1:
             a, b = self.task_factors(single_task, scales)  # (R, d_in), (d_out, R): a LoRA of rank R like PEFT's
             return F.linear(F.linear(x, a), b)
@@ -124,10 +152,13 @@ class CGCLinear(nn.Module):
         device = _real_device(base_layer)
         self.experts = nn.ModuleDict(
             {
-                cluster: ClusterExperts(len(tasks), config, self.in_features, self.out_features, device=device)
+                cluster: ClusterExperts(
+                    len(tasks), config, self.in_features, self.out_features, device, cluster in config.extends
+                )
                 for cluster, tasks in config.clusters.items()
             }
         )
+        self.extends = dict(config.extends)  # an extension -> the cluster whose shared experts its tasks mix
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._router = router  # plain attribute, not a submodule: shared by all layers of the model
 
@@ -147,20 +178,41 @@ class CGCLinear(nn.Module):
         # (B, ..., d_in) -> (B, L, d_in): the batch dim carries the task; all other dims are tokens.
         h = self.dropout(x).to(first.lora_A.dtype).reshape(x.shape[0], -1, self.in_features)
         for part in routing.slices:  # fixed cluster order on every rank
-            experts, scales = self.experts[part.cluster], part.scales[self.layer_index]  # a view, no kernel
+            scales = part.scales[self.layer_index]  # a view, no kernel
             if part.index is None:
-                delta = experts(h, scales, part.single_task)  # (B, L, d_out)
+                delta = self.cluster_delta(part.cluster, h, scales, part.single_task)  # (B, L, d_out)
                 result = result + delta.reshape(result.shape).to(result.dtype)
             else:
-                delta = experts(h.index_select(0, part.index), scales, part.single_task)  # (n, L, d_out)
-                delta = delta.reshape(len(part.index), *result.shape[1:]).to(result.dtype)
+                delta = self.cluster_delta(part.cluster, h.index_select(0, part.index), scales, part.single_task)
+                delta = delta.reshape(len(part.index), *result.shape[1:]).to(result.dtype)  # (n, L, d_out)
                 result = result.index_add(0, part.index, delta)
         return result
+
+    def cluster_delta(self, cluster: str, h: torch.Tensor, scales: torch.Tensor, single_task: int | None):
+        """h (n, L, d_in) -> (n, L, d_out): the experts of `cluster` on its samples. An extension's samples also go
+        through the shared experts of the cluster it extends, called as that cluster's module (ZeRO-3 gathers a
+        module's parameters when it is called)."""
+        delta = self.experts[cluster](h, scales, single_task)
+        parent = self.extends.get(cluster)
+        if parent is not None:
+            delta = delta + self.experts[parent](h, scales, None, shared_only=True)
+        return delta
+
+    def task_factors(self, cluster: str, local_task: int, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's experts on this layer as one LoRA pair (ClusterExperts.task_factors), the shared experts of
+        the cluster an extension extends included: A (R, d_in), B (d_out, R), shared rows first."""
+        a, b = self.experts[cluster].task_factors(local_task, scales)
+        parent = self.extends.get(cluster)
+        if parent is None:
+            return a, b
+        n, shared = self.experts[parent].shared_rows, self.experts[parent]
+        a_shared, b_shared = shared.lora_A[:n], shared.lora_B[:, :n] * scales[:n].to(shared.lora_B.dtype)
+        return torch.cat([a_shared, a]), torch.cat([b_shared, b], dim=1)
 
     def delta_weight(self, cluster: str, local_task: int, scales: torch.Tensor) -> torch.Tensor:
         """ΔW_t (d_out, d_in) of one task on this layer (`scales`: its weights on its rank rows, from
         ClusterGates.task_scales), in float32."""
-        a, b = self.experts[cluster].task_factors(local_task, scales)
+        a, b = self.task_factors(cluster, local_task, scales)
         return b.float() @ a.float()
 
 

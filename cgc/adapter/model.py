@@ -30,29 +30,39 @@ def load_adapter(base_model: nn.Module, path: str | os.PathLike, is_trainable: b
     Like PEFT's `from_pretrained`, the loaded experts are frozen unless `is_trainable=True`.
     """
     model = attach(base_model, CGCLoraConfig.load(path))
+    expected = dict(model.trainable_parameters())
+    load_weights(model, path)
+    model.requires_grad_(False)
+    if is_trainable:
+        for param in expected.values():
+            param.requires_grad_(True)
+    return model
+
+
+def load_weights(model: CGCModel, path: str | os.PathLike, partial: bool = False) -> list[str]:
+    """Copy the adapter tensors saved at `path` into `model`'s. `partial`: `model` may have parameters the file
+    lacks (a grown model's new clusters, cgc.adapter.growth); every saved tensor must still fit. -> the names
+    loaded."""
     weights_path = os.path.join(path, ADAPTER_WEIGHTS_NAME)
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
     saved = stacked_gates(load_file(weights_path), model)
     expected = dict(model.trainable_parameters())
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-    if missing or unexpected:
+    if (missing and not partial) or unexpected:
         raise ValueError(
             f"adapter at {path} does not fit this base model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     with torch.no_grad():
-        for name, param in expected.items():
+        for name in saved:
+            param = expected[name]
             if saved[name].shape != param.shape:
                 raise ValueError(
                     f"adapter at {path} does not fit this base model: {name} has shape "
                     f"{tuple(saved[name].shape)}, expected {tuple(param.shape)}"
                 )
             param.copy_(saved[name])
-    model.requires_grad_(False)
-    if is_trainable:
-        for param in expected.values():
-            param.requires_grad_(True)
-    return model
+    return sorted(saved)
 
 
 def stacked_gates(saved: dict[str, torch.Tensor], model: CGCModel) -> dict[str, torch.Tensor]:
@@ -123,7 +133,9 @@ class CGCModel(nn.Module):
         # Every cluster's gates for every layer, one module per cluster that forward calls once (cgc.adapter.gates).
         self.gates = nn.ModuleDict(
             {
-                c: ClusterGates(len(ts), len(names), self.cgc_config, device)
+                c: ClusterGates(
+                    len(ts), len(names), self.cgc_config, device, task_path=c not in self.cgc_config.extends
+                )
                 for c, ts in self.cgc_config.clusters.items()
             }
         )

@@ -80,6 +80,7 @@ def load_recipe_model(name_or_path: str, gguf_file: str | None, quantization: st
         model = AutoModelForCausalLM.from_pretrained(
             tmp, quantization_config=quantized, dtype=torch_dtype, device_map=placement
         )
+    model.config._name_or_path = name_or_path  # not the deleted copy: exports record it (base_model_name_or_path)
     return model, tokenizer
 
 

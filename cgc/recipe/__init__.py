@@ -1,6 +1,7 @@
 """The recipes' config layer: YAML and overrides to typed, validated sections (`config`) and their documented keys
 (`key_table`), inputs checked before anything starts (`inputs`: the DeepSpeed JSON, data, output_dir),
-combinations a machine cannot run (`compatibility`), the finetune.py runs another recipe starts (`child_runs`),
+combinations a machine cannot run (`compatibility`), a run grown from a trained adapter (`growth`), the finetune.py
+runs another recipe starts (`child_runs`),
 and how a recipe refuses (`errors`). Library modules never import it."""
 
 from cgc.recipe.config import RecipeConfig, load_recipe_config

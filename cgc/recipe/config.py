@@ -139,6 +139,9 @@ class RecipeConfig:
     train: TrainSection = knob(help="optimisation", factory=TrainSection)
     eval: EvalSection = knob(help="the eval phase after training", factory=EvalSection)
     deepspeed: DeepSpeedSection = knob(help="the DeepSpeed JSON", factory=DeepSpeedSection)
+    init_from: str | None = knob(
+        None, "a trained run's `adapters/cgc`: train only the tasks `cgc.clusters` adds to it (README: Adding tasks)"
+    )
     resume: str = knob("none", "`none`, `latest` (the newest complete checkpoint) or a `checkpoints/step_N` dir")
     overwrite: bool = knob(False, "with resume=none, move an output_dir holding another run aside instead of refusing")
 

@@ -19,6 +19,7 @@ from cgc.data.loading import load_task_examples, task_counts
 from cgc.evaluation.metrics import MetricSpec, task_metrics
 from cgc.recipe.compatibility import MachineFacts, unsupported_combinations
 from cgc.recipe.config import ConfigError, RecipeConfig, load_recipe_config
+from cgc.recipe.growth import Growth, check_new_tasks_only, grown_config
 from cgc.training.distributed import print0
 
 
@@ -33,14 +34,19 @@ class RunInputs:
     ds_config: dict
     zero3: bool
     trained_clusters: list[str]  # the clusters with training examples (the optimizer's)
+    growth: Growth | None = None  # init_from: the trained adapter and the clusters this run adds
 
 
 def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
     """Config, data and DeepSpeed JSON of a training run, validated (raises ConfigError / DataError)."""
-    cfg = load_recipe_config(config, overrides)
+    cfg, growth = load_recipe_config(config, overrides), None
+    if cfg.init_from:
+        cfg, growth = grown_config(cfg)  # cgc: the trained clusters, then the new ones (cgc.adapter.growth)
     d, task_map = cfg.data, cfg.cgc.task_map
     train_raw = load_task_examples(d.train_files, task_map, d.format, d.task_field)
     eval_raw = load_task_examples(d.eval_files, task_map, d.format, d.task_field) if d.eval_files else None
+    if growth is not None:
+        check_new_tasks_only(growth, task_counts(train_raw))
     metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     check_writable(Path(cfg.output_dir))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -54,11 +60,12 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
     counts = task_counts(train_raw)
     trained = [c for c in task_map.clusters if any(counts.get(t) for t in task_map.tasks_of(c))]
-    idle = [c for c in task_map.clusters if c not in trained]
+    candidates = task_map.clusters if growth is None else growth.new_clusters
+    idle = [c for c in candidates if c not in trained]
     if idle:
         print0(f"warning: clusters {idle} have no training examples: their experts and gates stay as initialised "
                "(frozen, left out of the optimizer)", file=sys.stderr)  # fmt: skip
-    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained)
+    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained, growth)
 
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:

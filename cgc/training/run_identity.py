@@ -1,6 +1,7 @@
 """Run identity: what a run is (model, quantization, the `cgc` section, data files with sizes and hashes, seed,
-and the settings that only steer training), recorded in `output_dir/cgc_run.json` and in every checkpoint, so
-that two runs never mix in one directory and a resume never loads weights into a different shape or placement.
+the adapter it grew from (init_from, hashed), and the settings that only steer training), recorded in
+`output_dir/cgc_run.json` and in every checkpoint, so that two runs never mix in one directory and a resume never
+loads weights into a different shape or placement.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ SHAPE_KEYS = (
     "cgc.r_task",
     "cgc.scaling",
     "cgc.train_gate",
+    "cgc.extends",
     "adapter.gate_layout",
+    "init_from",
 )
 # How the model's parameters are laid out: "stacked" since the gates of every layer are one tensor per cluster
 # (cgc.adapter.gates), "per_layer" before. A checkpoint's module and optimizer states hold that layout.
 GATE_LAYOUT = "stacked"
 # A key a saved identity lacks was written by a version without it, which had one behaviour: that value.
-SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} | {"adapter.gate_layout": "per_layer"}
+SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} | {
+    "adapter.gate_layout": "per_layer",
+    "init_from": None,
+}
 # What to do about a refused difference, where there is more to say than "resume with the checkpoint's settings".
 ADVICE = {
     "adapter.gate_layout": "this checkpoint keeps a gate in every layer (versions before 0.2): finish its run with "
@@ -54,6 +60,8 @@ def fingerprint(cfg) -> dict:
     flat["seed"] = cfg.seed
     flat["adapter.gate_layout"] = GATE_LAYOUT
     flat["data.train_files"] = [describe(Path(p)) for p in cfg.data.train_files]
+    # a run grown from a trained adapter (cgc.adapter.growth): which one, by its files' hash
+    flat["init_from"] = describe(Path(cfg.init_from)) if cfg.init_from else None
     flat |= {f"data.{k}": getattr(cfg.data, k) for k in ("format", "task_field", "max_length", "system_prompt")}
     return json.loads(json.dumps(flat))  # tuples -> lists: compares equal to what is read back
 

@@ -1,0 +1,70 @@
+"""A run with `init_from`: the trained adapter grown by the tasks the config's cluster map adds (cgc.adapter.growth),
+checked before any model loads. Only the new clusters train; the run's data must be the new tasks' alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from cgc.adapter.config import CGCLoraConfig
+from cgc.adapter.errors import CGCError
+from cgc.adapter.growth import grow, new_clusters
+from cgc.adapter.model import ADAPTER_WEIGHTS_NAME
+from cgc.recipe.errors import ConfigError
+from cgc.training.distributed import print0
+from cgc.training.run_dir import IDENTITY_FILE
+
+BASE_KEYS = ("model.name_or_path", "model.gguf_file")  # the frozen base the trained experts were fitted to
+
+
+@dataclasses.dataclass(frozen=True)
+class Growth:
+    trained: CGCLoraConfig  # the adapter at init_from
+    new_clusters: list[str]  # the clusters this run adds, the only ones it trains
+
+
+def grown_config(cfg):
+    """`cfg` (a RecipeConfig with init_from) with its `cgc` section replaced by the grown adapter's config.
+    -> (that RecipeConfig, Growth). Raises ConfigError naming every refusal."""
+    path = Path(cfg.init_from)
+    try:
+        trained = CGCLoraConfig.load(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"init_from {path}: {err}") from None
+    if not (path / ADAPTER_WEIGHTS_NAME).is_file():
+        raise ConfigError(f"init_from {path}: no {ADAPTER_WEIGHTS_NAME} (is it a finished run's adapters/cgc?)")
+    try:
+        grown = grow(trained, cfg.cgc)
+    except CGCError as err:
+        raise ConfigError(f"init_from {path}: {err.message}", err.problems) from None
+    check_base_model(cfg, path)
+    return dataclasses.replace(cfg, cgc=grown), Growth(trained, new_clusters(trained, grown))
+
+
+def check_base_model(cfg, adapter: Path) -> None:
+    """The base model of the run that trained `adapter` (its cgc_run.json, two levels up) must be this run's."""
+    identity = adapter.parent.parent / IDENTITY_FILE
+    if not identity.is_file():
+        print0(
+            f"warning: init_from {adapter} is not inside a run directory ({identity} not found): cannot check that "
+            "it was trained on this base model",
+            file=sys.stderr,
+        )
+        return
+    saved = json.loads(identity.read_text())
+    now = {"model.name_or_path": cfg.model.name_or_path, "model.gguf_file": cfg.model.gguf_file}
+    changed = [f"{k}: {saved.get(k)!r} there, {now[k]!r} here" for k in BASE_KEYS if saved.get(k) != now[k]]
+    if changed:
+        raise ConfigError(f"init_from {adapter} was trained on another base model", changed)
+
+
+def check_new_tasks_only(growth: Growth, counts: dict[str, int]) -> None:
+    """The trained tasks' experts are frozen: their examples would train nothing. Refused, naming them."""
+    old = sorted(t for t in counts if t in growth.trained.task_map)
+    if old:
+        raise ConfigError(
+            f"the training data holds examples of tasks init_from already trained ({old}): their experts are frozen, "
+            "so those examples would train nothing. Give the new tasks' data only"
+        )
