@@ -22,20 +22,61 @@ from cgc.adapter.errors import AdapterConfigError
 
 # What decides the trained parameters' shapes, or what their exports say (lora_dropout is in each PEFT config):
 # a grown adapter must keep them. gate_init only starts the new gates; the cluster map is what grows.
-FIXED_KEYS = ("r", "alpha", "num_shared_experts", "num_task_experts", "dropout", "target_modules", "r_shared",
-              "r_task", "scaling", "train_gate")  # fmt: skip
+FIXED_KEYS = ("r", "alpha", "num_shared_experts", "num_task_experts", "dropout", "target_modules", "shared_rank",
+              "task_rank", "scaling", "train_gate")  # fmt: skip
+SHOWN = {"shared_rank": "r_shared", "task_rank": "r_task"}  # the keys a user writes for them
 
 
 def grow(trained: CGCLoraConfig, wanted: CGCLoraConfig) -> CGCLoraConfig:
-    """The config of `trained` extended by the tasks `wanted` adds (`wanted.clusters`: the map a user writes).
-    Raises AdapterConfigError listing every refusal: a trained task renamed, moved or dropped, a changed shape key,
-    a new cluster named like a grown one, nothing new."""
+    """The config of `trained` extended by the tasks `wanted` adds (`wanted.clusters`: the map a user writes, or a
+    config `grow` made from `trained`, which gives the same result). Raises AdapterConfigError listing every
+    refusal: a trained task renamed, moved or dropped, a changed shape key, a task added to a trained cluster that
+    could not hold it, a new cluster named like a grown part, nothing new."""
     problems = [
-        f"cgc.{key} is {getattr(wanted, key)!r} but the trained adapter has {getattr(trained, key)!r}"
+        f"cgc.{SHOWN.get(key, key)} is {fixed(wanted, key)!r} but the trained adapter has {fixed(trained, key)!r}"
         for key in FIXED_KEYS
-        if getattr(wanted, key) != getattr(trained, key)
+        if fixed(wanted, key) != fixed(trained, key)
     ]
-    before, wanted_map = trained.user_clusters(), wanted.user_clusters()  # a grown config's own map reads as its user's
+    before = trained.user_clusters()
+    problems += order_problems(before, wanted)
+    taken = set(trained.clusters) | set(wanted.user_clusters())
+    clusters = {c: list(ts) for c, ts in trained.clusters.items()}
+    extends = dict(trained.extends)
+    # in wanted's own order: a grown config fed back (a run's config.yaml) keeps its clusters' order, so its ids
+    for entry, tasks in wanted.clusters.items():
+        parent = wanted.extends.get(entry, entry)
+        if parent not in before:
+            if entry in trained.clusters:
+                problems.append(f"new cluster {entry!r} has the name of a grown part of the trained adapter")
+            clusters[entry] = list(tasks)
+            continue
+        added = [t for t in tasks if t not in before[parent]]
+        if added and not (trained.num_shared_experts and trained.num_task_experts):
+            problems.append(
+                f"tasks {added} cannot join trained cluster {parent!r}: with S={trained.num_shared_experts} shared "
+                f"and K={trained.num_task_experts} own experts a task there would have "
+                + ("nothing to share; add them as a new cluster" if trained.num_task_experts else "no expert to train")
+            )
+        elif added:
+            part = next(f"{parent}+{n}" for n in range(1, len(taken) + 2) if f"{parent}+{n}" not in taken)
+            taken.add(part)
+            clusters[part], extends[part] = added, parent
+    if not problems and clusters == trained.clusters:
+        problems.append(f"cgc.clusters adds no task to the trained adapter's {before}")
+    if problems:
+        raise AdapterConfigError("cgc.clusters cannot grow the trained adapter", problems)
+    return dataclasses.replace(trained, clusters=clusters, extends=extends, gate_init=wanted.gate_init)
+
+
+def fixed(config: CGCLoraConfig, key: str):
+    """A FIXED_KEYS value as it decides shapes: ranks resolved (r_shared: null is r), target names in any order."""
+    value = getattr(config, key)
+    return sorted(value) if key == "target_modules" and isinstance(value, list) else value
+
+
+def order_problems(before: dict[str, list[str]], wanted: CGCLoraConfig) -> list[str]:
+    """Each trained cluster must list its trained tasks first, in their order (their ids and experts follow it)."""
+    problems, wanted_map = [], wanted.user_clusters()
     for cluster, tasks in before.items():
         now = wanted_map.get(cluster)
         if now is None:
@@ -51,25 +92,7 @@ def grow(trained: CGCLoraConfig, wanted: CGCLoraConfig) -> CGCLoraConfig:
                 f"cluster {cluster!r} must list its trained tasks {tasks} first, in that order, then new ones "
                 f"({detail})"
             )
-    taken = set(trained.clusters) | set(wanted_map)
-    clusters = {c: list(ts) for c, ts in trained.clusters.items()}
-    extends = dict(trained.extends)
-    for cluster, tasks in wanted_map.items():
-        if cluster not in before:
-            if cluster in trained.clusters:
-                problems.append(f"new cluster {cluster!r} has the name of a grown part of the trained adapter")
-            clusters[cluster] = list(tasks)
-            continue
-        added = tasks[len(before[cluster]) :]
-        if added:
-            part = next(f"{cluster}+{n}" for n in range(1, len(taken) + 2) if f"{cluster}+{n}" not in taken)
-            taken.add(part)
-            clusters[part], extends[part] = list(added), cluster
-    if not problems and clusters == trained.clusters:
-        problems.append(f"cgc.clusters adds no task to the trained adapter's {before}")
-    if problems:
-        raise AdapterConfigError("cgc.clusters cannot grow the trained adapter", problems)
-    return dataclasses.replace(trained, clusters=clusters, extends=extends, gate_init=wanted.gate_init)
+    return problems
 
 
 def new_clusters(trained: CGCLoraConfig, grown: CGCLoraConfig) -> list[str]:

@@ -262,7 +262,9 @@ class CGCModel(nn.Module):
     def cluster_parameters(self, cluster: str) -> list[nn.Parameter]:
         if cluster not in self.task_map.clusters:
             raise ValueError(f"unknown cluster {cluster!r}; clusters: {list(self.task_map.clusters)}")
-        return [p for n, p in self.trainable_parameters() if cluster in n.split(".")]
+        # exactly its experts and gates: a cluster may share its name with a module ("mlp", "layers", "0")
+        mine = (f".experts.{cluster}.", f"gates.{cluster}.")
+        return [p for n, p in self.trainable_parameters() if mine[0] in n or n.startswith(mine[1])]
 
     # ---- persistence ------------------------------------------------------------------------------
     def save_adapter(self, path: str | os.PathLike) -> None:
@@ -270,7 +272,9 @@ class CGCModel(nn.Module):
         os.makedirs(path, exist_ok=True)
         self.cgc_config.save(path)
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
-        save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "library": "cgc"})
+        # one metadata key: safetensors writes several in hash-map order, and the same adapter must be the same bytes
+        # (a grown run records its init_from by hash, cgc.adapter.growth)
+        save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
     # ---- training helpers -------------------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:

@@ -16,7 +16,9 @@ from cgc.recipe.errors import ConfigError
 from cgc.training.distributed import print0
 from cgc.training.run_dir import IDENTITY_FILE
 
-BASE_KEYS = ("model.name_or_path", "model.gguf_file")  # the frozen base the trained experts were fitted to
+# the frozen base the trained experts were fitted to: another one (or another precision of it) changes what the
+# trained tasks compute
+BASE_KEYS = ("model.name_or_path", "model.gguf_file", "model.quantization", "model.dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,11 @@ def grown_config(cfg):
     """`cfg` (a RecipeConfig with init_from) with its `cgc` section replaced by the grown adapter's config.
     -> (that RecipeConfig, Growth). Raises ConfigError naming every refusal."""
     path = Path(cfg.init_from)
+    if path.resolve().is_relative_to(Path(cfg.output_dir).resolve()):
+        raise ConfigError(
+            f"init_from {path} is inside output_dir {cfg.output_dir}: give the grown run an output_dir of its own "
+            "(overwrite or a new run there would move or replace the adapter it grows from)"
+        )
     try:
         trained = CGCLoraConfig.load(path)
     except (OSError, ValueError) as err:
@@ -53,8 +60,13 @@ def check_base_model(cfg, adapter: Path) -> None:
             file=sys.stderr,
         )
         return
-    saved = json.loads(identity.read_text())
-    now = {"model.name_or_path": cfg.model.name_or_path, "model.gguf_file": cfg.model.gguf_file}
+    try:
+        saved = json.loads(identity.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"init_from {adapter}: cannot read the run identity {identity}: {err}") from None
+    now = {key: getattr(cfg.model, key.split(".")[1]) for key in BASE_KEYS}
     changed = [f"{k}: {saved.get(k)!r} there, {now[k]!r} here" for k in BASE_KEYS if saved.get(k) != now[k]]
     if changed:
         raise ConfigError(f"init_from {adapter} was trained on another base model", changed)

@@ -33,6 +33,7 @@ SHAPE_KEYS = (
     "cgc.scaling",
     "cgc.train_gate",
     "cgc.extends",
+    "cgc.tasks",
     "adapter.gate_layout",
     "init_from",
 )
@@ -43,7 +44,9 @@ GATE_LAYOUT = "stacked"
 SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} | {
     "adapter.gate_layout": "per_layer",
     "init_from": None,
+    "init_from_path": None,
 }
+DERIVED = ("cgc.tasks",)  # keys whose value follows from others, which identities before them lack
 # What to do about a refused difference, where there is more to say than "resume with the checkpoint's settings".
 ADVICE = {
     "adapter.gate_layout": "this checkpoint keeps a gate in every layer (versions before 0.2): finish its run with "
@@ -60,8 +63,11 @@ def fingerprint(cfg) -> dict:
     flat["seed"] = cfg.seed
     flat["adapter.gate_layout"] = GATE_LAYOUT
     flat["data.train_files"] = [describe(Path(p)) for p in cfg.data.train_files]
-    # a run grown from a trained adapter (cgc.adapter.growth): which one, by its files' hash
-    flat["init_from"] = describe(Path(cfg.init_from)) if cfg.init_from else None
+    flat["cgc.tasks"] = cfg.cgc.tasks  # the ids, in order (cgc.clusters compares as a mapping: order-blind)
+    # a run grown from a trained adapter (cgc.adapter.growth): which one, by its files' hash (its path may change)
+    grown_from = describe(Path(cfg.init_from)) if cfg.init_from else None
+    flat["init_from"] = grown_from and grown_from["sha256"]
+    flat["init_from_path"] = grown_from and grown_from["path"]
     flat |= {f"data.{k}": getattr(cfg.data, k) for k in ("format", "task_field", "max_length", "system_prompt")}
     return json.loads(json.dumps(flat))  # tuples -> lists: compares equal to what is read back
 
@@ -82,6 +88,8 @@ def differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """-> (differences that refuse a resume, differences that are allowed), each as "key: saved -> now"."""
     refused, allowed = [], []
     for key in sorted(set(saved) | set(now)):
+        if key in DERIVED and key not in saved:
+            continue  # an identity written before the key: what it derives from is compared already
         before = saved.get(key, SAVED_BEFORE.get(key))
         if before != now.get(key):
             line = f"{key}: {json.dumps(before)} -> {json.dumps(now.get(key))}"

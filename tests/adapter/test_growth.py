@@ -143,3 +143,32 @@ def test_an_unchanged_export_is_not_rewritten(trained, tmp_path):
     cgc.export_peft_adapter(grown, "add", tmp_path / "add")
     assert {p.name: p.stat().st_ino for p in (tmp_path / "add").iterdir()} != {k: v[0] for k, v in before.items()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["add", "trained"]  # no temporary directory left
+
+
+def test_a_grown_config_fed_back_grows_the_same_and_keeps_its_order():
+    wanted = make_config(
+        clusters={"lexical": ["synonym", "antonym"], "style": ["formal"], "math": [*CLUSTERS["math"], "div"]}
+    )
+    grown = grow(make_config(), wanted)
+    assert list(grown.clusters) == ["lexical", "math", "style", "math+1"]  # new entries in the order written
+    again = grow(make_config(), grown)  # e.g. the run's own config.yaml on resume
+    assert again == grown and again.tasks == grown.tasks and list(again.clusters) == list(grown.clusters)
+
+
+def test_equal_shapes_written_differently_grow_and_impossible_parts_are_refused():
+    written = make_config(clusters=WANTED, r_shared=4, target_modules=["down_proj", "v_proj", "q_proj"])
+    assert grow(make_config(), written).clusters["math+1"] == ["div"]
+    for shape, message in (
+        ({"num_task_experts": 0}, "no expert to train"),
+        ({"num_shared_experts": 0}, "nothing to share"),
+    ):
+        with pytest.raises(AdapterConfigError, match=message):
+            grow(make_config(**shape), make_config(clusters=WANTED, **shape))
+    only_new_cluster = {**CLUSTERS, "style": ["formal"]}  # a new cluster needs no shared experts of a trained one
+    assert grow(make_config(num_shared_experts=0), make_config(clusters=only_new_cluster, num_shared_experts=0))
+
+
+def test_cluster_parameters_are_exactly_the_clusters_own_even_named_like_a_module():
+    model = cgc.attach(tiny_llama(), make_config(clusters={"mlp": ["a"], "layers": ["b", "c"]}))
+    counts = {c: len(model.cluster_parameters(c)) for c in ("mlp", "layers")}
+    assert counts == {"mlp": 2 * 3 * 2 + 1, "layers": 2 * 3 * 2 + 1}  # A and B on 3 modules x 2 layers, one gate

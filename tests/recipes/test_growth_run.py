@@ -86,7 +86,7 @@ def test_only_the_new_clusters_train_and_their_loss_falls(runs):
         losses = [r["loss"] for r in records if r["cluster"] == cluster]
         assert len(losses) >= 2 and losses[-1] < losses[0], (cluster, losses)
     identity = json.loads((grown / "cgc_run.json").read_text())
-    assert identity["init_from"]["path"] == str(trained / "adapters/cgc") and len(identity["init_from"]["sha256"]) == 64
+    assert identity["init_from_path"] == str(trained / "adapters/cgc") and len(identity["init_from"]) == 64
     scored = json.loads((grown / "eval.json").read_text())
     assert set(NEW_TASKS) <= set(scored["tasks"]) and "untrained_tasks" not in scored
 
@@ -107,6 +107,7 @@ def refuse(out: Path, *overrides) -> str:
         ([clusters({"words": [*GROWN["words"]], "letters": ["first_letter"]})], "'numbers'.*is missing"),
         ([clusters(TRAINED), "eval.metrics={}"], "adds no task"),
         (["cgc.r=8"], "cgc.r is 8 but the trained adapter has 4"),
+        (["model.quantization=none"], "model.quantization: 'nf4' there, 'none' here"),
         (["cgc.target_modules=[q_proj]"], "cgc.target_modules"),
         (
             ["model.name_or_path=tiny-qwen2"],
@@ -126,3 +127,5 @@ def test_growing_refuses_data_of_trained_tasks_and_a_missing_adapter(runs, tmp_p
     assert "tasks init_from already trained (['add'])" in refuse(tmp_path / "a", *grow, *replay)
     assert "init_from nowhere: no cgc_config.json in nowhere" in refuse(tmp_path / "b", *grow, "init_from=nowhere")
     assert f"no cgc_config.json in {trained}" in refuse(tmp_path / "c", *grow, f"init_from={trained}")
+    inside = refuse(trained, *grow, "overwrite=true")  # would move the adapter it grows from aside
+    assert "is inside output_dir" in inside and (trained / "adapters/cgc").is_dir()

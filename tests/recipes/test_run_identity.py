@@ -28,8 +28,14 @@ def test_differences_split_shape_and_placement_from_safe_settings(tmp_path):
     base = run_identity.fingerprint(load_recipe_config(ROOT / TINY, root=ROOT))
     moved = run_identity.fingerprint(load_recipe_config(ROOT / TINY, [SWAPPED, "train.lr=1e-4"], root=ROOT))
     refused, allowed = run_identity.differences(base, moved)
-    assert [line.split(":")[0] for line in refused] == ["cgc.clusters"]
+    assert [line.split(":")[0] for line in refused] == ["cgc.clusters", "cgc.tasks"]
     assert [line.split(":")[0] for line in allowed] == ["train.lr"]
+    # the same map in another cluster order gives the tasks other ids: refused, though the mappings compare equal
+    reordered = "cgc.clusters={letters: [first_letter, last_letter, length], words: [reverse_words, uppercase, sort_words], numbers: [add, subtract, maximum]}"  # noqa: E501
+    refused, _ = run_identity.differences(base, run_identity.fingerprint(load_recipe_config(ROOT / TINY, [reordered])))
+    assert [line.split(":")[0] for line in refused] == ["cgc.tasks"]
+    before_tasks_key = {k: v for k, v in base.items() if k != "cgc.tasks"}  # an identity written before the key
+    assert run_identity.differences(before_tasks_key, base) == ([], [])
     data = tmp_path / "train.jsonl"
     data.write_text((ROOT / "recipes/data/demo/train.jsonl").read_text())
     before = run_identity.describe(data)
