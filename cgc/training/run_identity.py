@@ -14,8 +14,9 @@ from pathlib import Path
 
 from cgc.adapter.config import SAVED_BEFORE as CGC_SAVED_BEFORE
 from cgc.adapter.errors import bulleted
-from cgc.training.distributed import barrier, print0
+from cgc.training.distributed import any_rank, print0
 from cgc.training.run_dir import IDENTITY_FILE, RunDir, RunDirError
+from cgc.training.run_lock import OutputDirInUse, RunLock
 
 # A difference in any of these changes parameter shapes or which task uses which experts: resuming across it
 # would fail on shapes or, worse, load the wrong experts into a moved task without an error.
@@ -104,20 +105,38 @@ def holds_a_run(out: Path) -> bool:
 
 
 def claim_output_dir(cfg, out: Path, rank: int) -> dict:
-    """`out` belongs to this run (a RecipeConfig): one holding another run is refused with resume=none (RunDirError),
-    or moved aside with overwrite=true, by rank 0; this run's identity is written to `out`/cgc_run.json.
+    """`out` belongs to this run (a RecipeConfig): rank 0 takes its lock for the run's life (cgc.training.run_lock;
+    another live run there is refused), then one holding another run is refused with resume=none (RunDirError), or
+    moved aside with overwrite=true; this run's identity is written to `out`/cgc_run.json. A collective.
     -> the identity."""
+    lock_output_dir(out, rank)
     if cfg.resume == "none" and holds_a_run(out):
         if not cfg.overwrite:
             raise RunDirError(refusal_to_overwrite(out))
         if rank == 0:
+            HELD.pop().release()  # the lock file moves aside with the old run: lock the new directory
             print0(f"overwrite=true: moved the previous run aside to {move_aside(out)}")
-        barrier()
+        lock_output_dir(out, rank)
     identity = fingerprint(cfg)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / IDENTITY_FILE).write_text(json.dumps(identity, indent=1) + "\n")
     return identity
+
+
+HELD: list[RunLock] = []  # rank 0's lock of this process's run, held until the process ends
+
+
+def lock_output_dir(out: Path, rank: int) -> None:
+    """Rank 0 locks `out` (RunLock); every rank raises RunDirError when another live run holds it."""
+    refused = ""
+    if rank == 0:
+        try:
+            HELD.append(RunLock(out).acquire())
+        except OutputDirInUse as err:
+            refused = str(err)
+    if any_rank(bool(refused)):
+        raise RunDirError(refused or f"output_dir {out} is in use by another run (rank 0 names it)")
 
 
 def refusal_to_overwrite(out: Path) -> str:
