@@ -107,6 +107,7 @@ def run_variant(variant: str, args, overrides: list[str], out: Path) -> dict:
     if variant == "recipe_world1_ungrouped":
         overrides = [*overrides, "sampler.group_by_length=false"]
     recipe = ["recipes/finetune.py", "--config", args.config, f"output_dir={out}", f"train.max_steps={args.steps}"]
+    recipe += ["train.warmup_steps=0"]  # a few timed steps: the config's warmup would not fit (speed is lr-blind)
     recipe += [f"train.micro_batch_size={args.batch // world}", "train.grad_accum=1", "train.save_every=0"]
     recipe += ["eval.max_examples_per_task=0", *overrides]
     if world == 1:

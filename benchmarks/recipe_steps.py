@@ -52,6 +52,7 @@ def recipe_overrides(args, data: Path, out: Path, steps: int) -> list[str]:
         "cgc.num_task_experts=1",
         f"train.micro_batch_size={args.batch}",
         f"train.max_steps={steps}",
+        "train.warmup_steps=0",  # a few timed steps: a warmup would not fit (speed is lr-blind)
         "train.log_every=1",
         "train.save_every=0",
         f"train.gradient_checkpointing={str(not args.no_checkpointing).lower()}",

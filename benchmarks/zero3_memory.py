@@ -40,6 +40,7 @@ def run_cell(model: str, world: int, quantization: str, out: Path) -> dict:
         f"model.quantization={quantization}",
         "deepspeed.config=ds_configs/zero3.json",
         "train.max_steps=2",
+        "train.warmup_steps=0",
         "train.micro_batch_size=2",
         "train.save_every=0",
         "eval.max_examples_per_task=0",

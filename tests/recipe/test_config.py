@@ -56,7 +56,7 @@ def test_a_bad_config_lists_every_problem_at_once():
         )
     message = str(err.value)
     for expected in (
-        "train.lr must be > 0, got -1",
+        "train.lr must be a finite number > 0, got -1",
         "unknown key train.max_stepz (did you mean train.max_steps?)",
         "data.train_files: file not found: nope.jsonl",
         "model.quantization must be one of",
@@ -111,7 +111,7 @@ def test_cgc_section_problems_join_the_one_config_error():
     for expected in (
         "cgc: r must be an integer >= 1, got 0",
         "cgc: task 'x' appears in cluster 'a' and again in 'b'",
-        "train.lr must be > 0, got -1",
+        "train.lr must be a finite number > 0, got -1",
         "sampler.mixing must be one of",  # the sampler's own argument check, under the config's key names
         "train.grad_accum must be >= 1, got 0",
     ):

@@ -23,6 +23,10 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "typo.json").write_text('{"zero_optimisation": {"stage": 3}}\n')
     (tmp / "zero_typo.json").write_text('{"zero_optimization": {"stage": 3, "overlap_com": true}}\n')
     (tmp / "a_file").write_text("")
+    tiny = (ROOT / "recipes/configs/tiny_cpu.yaml").read_text()
+    (tmp / "tab.yaml").write_text(tiny.replace("  name_or_path:", "\tname_or_path:", 1))
+    (tmp / "twice.yaml").write_text(tiny + "seed: 1\n")
+    (tmp / "latin1.yaml").write_bytes(b"# caf\xe9\n" + tiny.encode())
 
 
 CASES = {
@@ -32,6 +36,12 @@ CASES = {
     "ds-json-typo": (["deepspeed.config={tmp}/typo.json"], "did you mean 'zero_optimization'?"),
     "ds-zero-key-typo": (["deepspeed.config={tmp}/zero_typo.json"], "zero_optimization.overlap_com: Extra inputs"),
     "unwritable-output-dir": (["output_dir={tmp}/a_file/run"], "output_dir {tmp}/a_file/run is not writable"),
+    "config-with-a-tab": (["--config", "{tmp}/tab.yaml"], "{tmp}/tab.yaml:12:1: not valid YAML: found character '\\t'"),
+    "config-key-twice": (["--config", "{tmp}/twice.yaml"], "key 'seed' is given twice (first on line 8)"),
+    "config-not-utf8": (["--config", "{tmp}/latin1.yaml"], "{tmp}/latin1.yaml:1: not UTF-8 text (byte 0xe9)"),
+    "negative-seed": (["seed=-1"], "seed must be in [0, 2**32), got -1"),
+    "warmup-past-the-end": (["train.max_steps=3", "train.warmup_steps=5"], "train.warmup_steps=5 is more than train"),
+    "infinite-lr": (["train.lr=.inf"], "train.lr must be a finite number > 0, got inf"),
 }
 
 
@@ -52,6 +62,7 @@ def test_bad_input_stops_before_the_model_loads_with_one_message(tmp_path, case)
 def test_resume_latest_with_nothing_to_resume_says_so(tmp_path):
     command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
     command += [f"output_dir={tmp_path / 'out'}", "resume=latest", "train.max_steps=1", "eval.max_examples_per_task=0"]
+    command += ["train.warmup_steps=0"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -84,7 +95,7 @@ def test_silent_data_loss_is_said(tmp_path):
     empty = sum(1 for line in train if json.loads(line)["target"] == "")
     command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
     command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
-    command += ["train.max_steps=1", "eval.max_examples_per_task=1", "model.quantization=none"]
+    command += ["train.max_steps=1", "train.warmup_steps=0", "eval.max_examples_per_task=1", "model.quantization=none"]
     command += ["deepspeed.config=ds_configs/zero2.json"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -104,7 +115,7 @@ def test_the_recipe_stops_on_a_stale_lock_instead_of_hanging(tmp_path):
     os.utime(lock, (time.time() - 900, time.time() - 900))
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
     command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
-    command += [f"output_dir={tmp_path / 'out'}", "train.max_steps=1"]
+    command += [f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "train.warmup_steps=0"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert str(lock) in result.stderr and "interrupted" in result.stderr and "Traceback" not in result.stderr
