@@ -14,7 +14,7 @@ from cgc.adapter.growth import grow, new_clusters
 from cgc.adapter.model import ADAPTER_WEIGHTS_NAME
 from cgc.recipe.errors import ConfigError
 from cgc.training.distributed import print0
-from cgc.training.run_dir import IDENTITY_FILE
+from cgc.training.run_dir import IDENTITY_FILE, check_weights
 
 # the frozen base the trained experts were fitted to: another one (or another precision of it) changes what the
 # trained tasks compute
@@ -40,8 +40,10 @@ def grown_config(cfg):
         trained = CGCLoraConfig.load(path)
     except (OSError, ValueError) as err:
         raise ConfigError(f"init_from {path}: {err}") from None
-    if not (path / ADAPTER_WEIGHTS_NAME).is_file():
-        raise ConfigError(f"init_from {path}: no {ADAPTER_WEIGHTS_NAME} (is it a finished run's adapters/cgc?)")
+    try:
+        check_weights(path / ADAPTER_WEIGHTS_NAME)
+    except CGCError as err:
+        raise ConfigError(f"init_from {path}: {err}") from None
     try:
         grown = grow(trained, cfg.cgc)
     except CGCError as err:

@@ -5,7 +5,8 @@ Layout: `<output_dir>/checkpoints/step_{N}/` holds one DeepSpeed tag (trainable 
 `cgc_rank{r}.pt` per rank (sampler state and RNG states) and, written last by rank 0 after a barrier that every
 rank reaches only once its own files are flushed to disk, `cgc_complete.json`. Saves are written under a hidden
 `.step_{N}.tmp` and renamed into place only then (`save`), so a `step_N` directory is whole; one without the
-marker (from older versions, or copied half-way) is skipped by resume with a warning and never loaded.
+marker (from older versions, or copied half-way) is skipped by resume with a warning and never loaded; so is one
+whose files differ from what its marker lists (size, CRC-32: cgc.training.checkpoint_marker).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cgc.training.checkpoint_marker import COMPLETE_MARKER, damage, mark_complete, read_marker
 from cgc.training.distributed import barrier, print0, rank
 from cgc.training.run_dir import IDENTITY_FILE, write_text_atomically
 from cgc.training.run_identity import check_resume
 
-COMPLETE_MARKER = "cgc_complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -69,11 +70,6 @@ def read_rank_state(tag_dir: Path, rank: int) -> dict:
     return torch.load(path, weights_only=False)
 
 
-def mark_complete(tag_dir: Path, step: int, world_size: int, zero_stage: int | None = None) -> None:
-    marker = {"step": step, "world_size": world_size, "zero_stage": zero_stage}
-    write_text_atomically(tag_dir / COMPLETE_MARKER, json.dumps(marker))  # the marker is either absent or whole
-
-
 def completed_steps(checkpoints: Path) -> list[int]:
     """Steps whose checkpoint is complete, ascending; incomplete ones are reported and skipped."""
     steps = []
@@ -96,12 +92,20 @@ def resolve_resume(resume: str, checkpoints: Path) -> Path | None:
     """The checkpoint directory to resume from: None for `none` (or `latest` with nothing saved yet)."""
     if resume == "none":
         return None
-    if resume == "latest":
-        steps = completed_steps(checkpoints)
-        return checkpoints / f"step_{steps[-1]}" if steps else None
+    if resume == "latest":  # the newest whole one: a damaged checkpoint is skipped, saying which file
+        for step in reversed(completed_steps(checkpoints)):
+            tag_dir = checkpoints / f"step_{step}"
+            problem = damage(tag_dir)
+            if problem is None:
+                return tag_dir
+            warnings.warn(f"skipping damaged checkpoint {tag_dir}: {problem}", stacklevel=2)
+        return None
     path = Path(resume)
     if not (path / COMPLETE_MARKER).is_file():
         raise ValueError(f"resume={resume}: not a complete cgc checkpoint (no {COMPLETE_MARKER})")
+    problem = damage(path)
+    if problem:
+        raise ValueError(f"resume={resume}: the checkpoint is damaged: {problem}")
     return path
 
 
@@ -254,16 +258,16 @@ def restore_group_hyperparameters(engine, tag_dir: Path) -> None:
 
 
 def saved_world_size(tag_dir: Path) -> int:
-    return json.loads((tag_dir / COMPLETE_MARKER).read_text())["world_size"]
+    return read_marker(tag_dir)["world_size"]
 
 
 def saved_zero_stage(tag_dir: Path) -> int | None:
     """The ZeRO stage the checkpoint was saved with (None: saved before cgc recorded it)."""
-    return json.loads((tag_dir / COMPLETE_MARKER).read_text()).get("zero_stage")
+    return read_marker(tag_dir).get("zero_stage")
 
 
 def is_universal(tag_dir: Path) -> bool:
-    return bool(json.loads((tag_dir / COMPLETE_MARKER).read_text()).get("universal"))
+    return bool(read_marker(tag_dir).get("universal"))
 
 
 def to_universal(tag_dir: Path) -> Path:
@@ -295,6 +299,6 @@ def to_universal(tag_dir: Path) -> Path:
     shutil.copy(rank_state_path(tag_dir, 0), out / "cgc_rank0.pt")
     if (tag_dir / IDENTITY_FILE).is_file():
         shutil.copy(tag_dir / IDENTITY_FILE, out / IDENTITY_FILE)
-    info = json.loads((tag_dir / COMPLETE_MARKER).read_text())
-    (out / COMPLETE_MARKER).write_text(json.dumps({**info, "universal": True}))
+    info = {k: v for k, v in read_marker(tag_dir).items() if k != "files"}
+    mark_complete(out, **{**info, "universal": True})  # the converted files' own manifest
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cgc.adapter.config import CONFIG_NAME, CGCLoraConfig
 from cgc.adapter.errors import CGCError, UnknownTaskError
+from cgc.adapter.model import ADAPTER_WEIGHTS_NAME
 
 IDENTITY_FILE = "cgc_run.json"
 EVAL_JSON, EVAL_MD, EVAL_PREDICTIONS = "eval.json", "eval.md", "eval_predictions.jsonl"
@@ -109,12 +110,30 @@ def find_run_adapter(output_dir: str | Path, adapter: str | Path | None, tasks: 
     if not (path / CONFIG_NAME).is_file():
         why = "not a cgc adapter directory" if adapter else "the run has not finished; train first, or pass --adapter"
         raise RunDirError(f"no cgc adapter at {path} ({CONFIG_NAME} missing): {why}")
-    known = CGCLoraConfig.load(path).tasks
+    try:
+        known = CGCLoraConfig.load(path).tasks
+    except ValueError as err:  # not JSON, or not a config
+        raise RunDirError(f"{path / CONFIG_NAME} is damaged: {err}") from None
+    check_weights(path / ADAPTER_WEIGHTS_NAME)
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else known
     unknown = [t for t in chosen if t not in known]
     if unknown or not chosen:
         raise UnknownTaskError(f"--tasks: no task {unknown} in the adapter; its tasks: {', '.join(known)}")
     return path, chosen
+
+
+def check_weights(path: Path) -> None:
+    """A safetensors file that is whole: its header parses and covers the file (a truncated or zeroed file does
+    not), else RunDirError naming it, before any model loads."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: the adapter directory is incomplete")
+    try:
+        with safe_open(str(path), "pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        raise RunDirError(f"{path} is damaged ({err}); export or copy the adapter again") from None
 
 
 def write_text_atomically(path: Path, text: str) -> None:
