@@ -278,7 +278,7 @@ def finish(
     eval_status = "not run"
     if result.finished:
         eval_status = evaluate_run(cfg, inputs, engine, tokenizer, preempted, rank)
-        export_run(model, out, inputs.zero3, rank)
+        export_run(model, out, inputs.zero3, rank, skip=inputs.untrained_tasks)
         if eval_status != "interrupted" and any_rank(preempted.requested):
             print0(f"\n{preempted.name} received after training: eval and export finished first", file=sys.stderr)
     zero_stage = inputs.ds_config["zero_optimization"].get("stage", 0)
@@ -332,13 +332,14 @@ def evaluate_run(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, preemp
     return "done"
 
 
-def export_run(model: cgc.CGCModel, out: RunDir, zero3: bool, rank: int) -> None:
-    """adapters/cgc (the cgc adapter), gates.json and adapters/peft/<task> (one exact PEFT LoRA per task)."""
+def export_run(model: cgc.CGCModel, out: RunDir, zero3: bool, rank: int, skip: tuple[str, ...] = ()) -> None:
+    """adapters/cgc (the cgc adapter), gates.json and adapters/peft/<task> (one exact PEFT LoRA per task but the
+    untrained ones, `skip`)."""
     with gathered((p for _, p in model.trainable_parameters()), zero3):
         if rank == 0:
             model.save_adapter(out.cgc_adapter)
             write_gates(model, out.gates)
-            for task in model.tasks:
+            for task in (t for t in model.tasks if t not in skip):
                 cgc.export_peft_adapter(model, task, out.peft_adapters / task)
 
 

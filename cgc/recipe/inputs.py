@@ -35,6 +35,7 @@ class RunInputs:
     zero3: bool
     trained_clusters: list[str]  # the clusters with training examples (the optimizer's)
     growth: Growth | None = None  # init_from: the trained adapter and the clusters this run adds
+    untrained_tasks: tuple[str, ...] = ()  # tasks this run should train that have no examples (allow_untrained)
 
 
 def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
@@ -61,11 +62,28 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
     counts = task_counts(train_raw)
     trained = [c for c in task_map.clusters if any(counts.get(t) for t in task_map.tasks_of(c))]
     candidates = task_map.clusters if growth is None else growth.new_clusters
+    untrained = check_every_task_has_data(cfg, counts, [t for c in candidates for t in task_map.tasks_of(c)])
     idle = [c for c in candidates if c not in trained]
     if idle:
         print0(f"warning: clusters {idle} have no training examples: their experts and gates stay as initialised "
                "(frozen, left out of the optimizer)", file=sys.stderr)  # fmt: skip
-    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained, growth)
+    return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained, growth, untrained)
+
+
+def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: list[str]) -> tuple[str, ...]:
+    """A task this run should train but has no example of would be exported untrained as if trained: refused
+    (ConfigError), or with data.allow_untrained a warning. -> those tasks (their exports are skipped)."""
+    untrained = tuple(t for t in tasks if not counts.get(t))
+    if not untrained:
+        return ()
+    what = f"tasks {list(untrained)} of cgc.clusters have no examples in data.train_files"
+    if not cfg.data.allow_untrained:
+        raise ConfigError(
+            f"{what}: their experts would stay as initialised and be exported as if trained. Give them data, "
+            "remove them from cgc.clusters, or set data.allow_untrained: true (they are then not exported)"
+        )
+    print0(f"warning: {what}: they stay untrained and their PEFT adapters are not exported", file=sys.stderr)
+    return untrained
 
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:

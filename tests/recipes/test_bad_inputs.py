@@ -27,6 +27,8 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "tab.yaml").write_text(tiny.replace("  name_or_path:", "\tname_or_path:", 1))
     (tmp / "twice.yaml").write_text(tiny + "seed: 1\n")
     (tmp / "latin1.yaml").write_bytes(b"# caf\xe9\n" + tiny.encode())
+    demo = (ROOT / "recipes/data/demo/train.jsonl").read_text().splitlines()
+    (tmp / "no_length.jsonl").write_text("\n".join(r for r in demo if json.loads(r)["task"] != "length") + "\n")
 
 
 CASES = {
@@ -42,6 +44,10 @@ CASES = {
     "negative-seed": (["seed=-1"], "seed must be in [0, 2**32), got -1"),
     "warmup-past-the-end": (["train.max_steps=3", "train.warmup_steps=5"], "train.warmup_steps=5 is more than train"),
     "infinite-lr": (["train.lr=.inf"], "train.lr must be a finite number > 0, got inf"),
+    "task-without-data": (
+        ["data.train_files=[{tmp}/no_length.jsonl]"],
+        "tasks ['length'] of cgc.clusters have no examples in data.train_files: their experts would stay",
+    ),
 }
 
 
@@ -96,10 +102,13 @@ def test_silent_data_loss_is_said(tmp_path):
     command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
     command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
     command += ["train.max_steps=1", "train.warmup_steps=0", "eval.max_examples_per_task=1", "model.quantization=none"]
-    command += ["deepspeed.config=ds_configs/zero2.json"]
+    command += ["deepspeed.config=ds_configs/zero2.json", "data.allow_untrained=true"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "tasks ['length'] of cgc.clusters have no examples" in result.stderr
+    exported = sorted(p.name for p in (tmp_path / "out" / "adapters" / "peft").iterdir())
+    assert "length" not in exported and len(exported) == 8  # no untrained adapter exported as if trained
     assert f"warning: {empty} training examples of task 'add' have an empty target" in result.stderr
     assert "drops every example of tasks ['uppercase']" in result.stderr
     assert "scored tasks without training data: ['length']" in result.stderr
@@ -142,7 +151,7 @@ def test_a_cluster_without_training_data_is_frozen_and_left_out_of_the_optimizer
     (tmp_path / "train.jsonl").write_text("\n".join(kept) + "\n")
     command = [sys.executable, "recipes/finetune.py", "--config", "recipes/configs/tiny_cpu.yaml"]
     command += [f"output_dir={tmp_path / 'out'}", f"data.train_files=[{tmp_path / 'train.jsonl'}]"]
-    command += ["train.max_steps=2", "eval.max_examples_per_task=1"]
+    command += ["train.max_steps=2", "eval.max_examples_per_task=1", "data.allow_untrained=true"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
