@@ -52,6 +52,9 @@ class DataSection:
     task_field: str | None = knob(None, "alpaca: the column holding the task (else the file stem)")
     max_length: int = knob(256, "tokens per example; longer prompts are cut from the left, targets never")
     system_prompt: str | None = knob(None, "a system turn before every prompt (chat template), also at eval")
+    allow_eval_overlap: bool = knob(
+        False, "eval examples whose (task, input) is also in the training data: a warning with the count, not an error"
+    )
     allow_untrained: bool = knob(
         False, "tasks of cgc.clusters without training examples: a warning, not an error (their adapters not exported)"
     )

@@ -48,6 +48,8 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
     eval_raw = load_task_examples(d.eval_files, task_map, d.format, d.task_field) if d.eval_files else None
     if growth is not None:
         check_new_tasks_only(growth, task_counts(train_raw))
+    if eval_raw is not None:
+        check_eval_is_held_out(cfg, train_raw, eval_raw)
     metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     check_writable(Path(cfg.output_dir))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -68,6 +70,26 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
         print0(f"warning: clusters {idle} have no training examples: their experts and gates stay as initialised "
                "(frozen, left out of the optimizer)", file=sys.stderr)  # fmt: skip
     return RunInputs(cfg, train_raw, eval_raw, metrics, ds_config, zero3, trained, growth, untrained)
+
+
+def check_eval_is_held_out(cfg: RecipeConfig, train_raw, eval_raw) -> None:
+    """Eval examples whose (task, input) the training data also holds score training data as held-out: refused
+    (ConfigError) with the count per task, or with data.allow_eval_overlap a warning saying so."""
+    trained = set(zip(train_raw["task"], train_raw["input"], strict=True))
+    seen: dict[str, int] = {}
+    for key in zip(eval_raw["task"], eval_raw["input"], strict=True):
+        if key in trained:
+            seen[key[0]] = seen.get(key[0], 0) + 1
+    if not seen:
+        return
+    per_task = dict(sorted(seen.items()))
+    what = f"{sum(seen.values())} of {len(eval_raw)} eval examples have a training example's input ({per_task})"
+    if not cfg.data.allow_eval_overlap:
+        raise ConfigError(
+            f"data.eval_files: {what}: their scores would not be held-out scores. Remove them from the eval files, "
+            "or set data.allow_eval_overlap: true to score them anyway"
+        )
+    print0(f"warning: {what}; scored anyway (data.allow_eval_overlap)", file=sys.stderr)
 
 
 def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: list[str]) -> tuple[str, ...]:

@@ -44,6 +44,10 @@ CASES = {
     "negative-seed": (["seed=-1"], "seed must be in [0, 2**32), got -1"),
     "warmup-past-the-end": (["train.max_steps=3", "train.warmup_steps=5"], "train.warmup_steps=5 is more than train"),
     "infinite-lr": (["train.lr=.inf"], "train.lr must be a finite number > 0, got inf"),
+    "eval-overlaps-train": (
+        ["data.allow_eval_overlap=false"],
+        "data.eval_files: 150 of 450 eval examples have a training example's input ({{'first_letter': 50,",
+    ),
     "task-without-data": (
         ["data.train_files=[{tmp}/no_length.jsonl]"],
         "tasks ['length'] of cgc.clusters have no examples in data.train_files: their experts would stay",
