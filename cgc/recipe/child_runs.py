@@ -18,8 +18,10 @@ from cgc.training.distributed import free_port
 from cgc.training.run_dir import RunDir
 
 # Keys that change how a run is carried out, not what it computes: a re-run may change them (e.g. drop stop_after).
+# what may differ between a finished run and the same run asked for again: how it ran, and checks that refuse or
+# warn but never change what a run computes
 HOW_IT_RUNS = {"train.stop_after", "train.save_every", "train.keep_last", "train.log_every", "train.threads_per_rank",
-               "eval.batch_size", "resume", "overwrite"}  # fmt: skip
+               "eval.batch_size", "resume", "overwrite", "data.allow_eval_overlap", "data.allow_untrained"}  # fmt: skip
 
 
 def write_run_config(cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, train_file, settings: dict) -> Path:
