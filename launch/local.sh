@@ -10,5 +10,7 @@ cd "$(dirname "$0")/.."
 launcher=$(command -v "${DEEPSPEED:-deepspeed}")
 prefix=$("$(dirname "$launcher")/python" -c 'import sys; print(sys.prefix)' 2>/dev/null || true)
 if [ -z "${TORCH_EXTENSIONS_DIR:-}" ] && [ -n "$prefix" ]; then export TORCH_EXTENSIONS_DIR=$prefix/torch_extensions; fi
-exec "$launcher" --num_gpus "$nprocs" --master_port "${MASTER_PORT:-29500}" \
+# a free port unless MASTER_PORT names one: a fixed default collides with any other job on the machine
+port=${MASTER_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
+exec "$launcher" --num_gpus "$nprocs" --master_port "$port" \
   recipes/finetune.py --config "$config" "$@"

@@ -100,7 +100,10 @@ def start_process_group(ds_config: dict, threads: int | None) -> tuple[int, int]
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
-    return distributed.start_process_group(lambda backend: deepspeed.init_distributed(dist_backend=backend))
+    try:
+        return distributed.start_process_group(lambda backend: deepspeed.init_distributed(dist_backend=backend))
+    except distributed.PortInUseError as err:
+        error_exit(str(err))
 
 
 def claim_output_dir(cfg: RecipeConfig, out: RunDir, rank: int) -> dict:

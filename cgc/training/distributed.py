@@ -65,10 +65,24 @@ def start_process_group(init=None) -> tuple[int, int]:
         # Before init: NCCL binds each rank's communicator to the current device, and bitsandbytes quantizes on
         # it. Without this every local rank would put its CUDA context and its model on GPU 0.
         torch.cuda.set_device(device)
-    (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo")
+    try:
+        (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo")
+    except RuntimeError as err:  # torch's DistNetworkError among them
+        if "address already in use" not in str(err).lower() and "eaddrinuse" not in str(err).lower():
+            raise
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise PortInUseError(
+            f"the master port {where} is already in use (another job, or one that has not ended yet): start with a "
+            f"free one, e.g. `--master_port {free_port()}` for deepspeed, `--master_port` for torchrun, or "
+            "MASTER_PORT=... for launch/local.sh (which picks a free one when MASTER_PORT is unset)"
+        ) from None
     make_side_group()
     release_shared_memory_name()
     return dist.get_rank(), dist.get_world_size()
+
+
+class PortInUseError(RuntimeError):
+    """The process group's master port is taken: the message names it and a free one."""
 
 
 SHM_DIR = Path("/dev/shm")

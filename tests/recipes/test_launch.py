@@ -2,7 +2,9 @@
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,3 +109,34 @@ def test_multinode_takes_the_address_of_the_hostfiles_first_host(tmp_path):
         ["bash", "launch/multinode.sh", str(hostfile), "C"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert failed.returncode == 2 and "set MASTER_ADDR" in failed.stderr
+
+
+def test_local_sh_picks_a_free_master_port_unless_one_is_given(tmp_path):
+    (tmp_path / "bin").mkdir()
+    stand_in = tmp_path / "bin" / "deepspeed"
+    stand_in.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "calls.log"}\n')
+    stand_in.chmod(0o755)
+    env = {**os.environ, "DEEPSPEED": str(stand_in)}
+    env.pop("MASTER_PORT", None)
+    for extra in ({}, {}, {"MASTER_PORT": "12345"}):
+        script = ["bash", "launch/local.sh", "2", "recipes/configs/tiny_cpu.yaml"]
+        subprocess.run(script, cwd=ROOT, env={**env, **extra}, check=True)
+    ports = [line.split("--master_port ")[1].split()[0] for line in (tmp_path / "calls.log").read_text().splitlines()]
+    assert ports[2] == "12345" and all(p.isdigit() and 1024 < int(p) < 65536 for p in ports[:2])
+
+
+def test_a_master_port_in_use_is_named_with_a_free_one(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    command = [deepspeed, "--num_gpus", "2", "--master_port", str(port), "recipes/finetune.py", "--config",
+               "recipes/configs/tiny_cpu.yaml", f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
+               "train.warmup_steps=0"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    busy.close()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"the master port 127.0.0.1:{port} is already in use" in result.stderr and "--master_port " in result.stderr
+    assert "Traceback" not in result.stderr
