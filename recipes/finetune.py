@@ -38,7 +38,7 @@ from cgc.training.distributed import any_rank, barrier, free_port, gathered, pri
 from cgc.training.loader import train_loader
 from cgc.training.optimizer import optimizer_and_schedule
 from cgc.training.preemption import Preemption
-from cgc.training.run_dir import RunDir, RunDirError
+from cgc.training.run_dir import RunDir, RunDirError, write_untrained
 from cgc.training.run_log import PhaseTimes, RunLog, mean_gates, write_gates
 from cgc.training.run_summary import TrainResult, run_summary
 from cgc.training.step import train_step
@@ -199,7 +199,7 @@ def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict, cluste
 
 def resume(engine, sampler: ClusterAwareBatchSampler, resume_dir: Path | None) -> int:
     """-> the step to start from: 0, or the resumed checkpoint's."""
-    step, message = ckpt.load(engine, sampler, resume_dir) if resume_dir is not None else (0, None)
+    step, message = ckpt.load(engine, sampler, resume_dir) if resume_dir is not None else (0, "")
     if message:
         print0(message)
     return step
@@ -324,8 +324,7 @@ def evaluate_run(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, preemp
         return "interrupted"
     results, examples, answers = evaluated
     trained = set(task_counts(inputs.train_raw)) | set(inputs.growth.trained.tasks if inputs.growth else ())
-    untrained = sorted(set(results["tasks"]) - trained)
-    if untrained:  # only then: eval.json stays what recipes/evaluate.py writes for the same adapter
+    if untrained := sorted(set(results["tasks"]) - trained):  # only then: eval.json as evaluate.py writes it
         results["untrained_tasks"] = untrained
         print0(f"warning: scored tasks without training data: {untrained}", file=sys.stderr)
     if rank == 0:
@@ -336,11 +335,12 @@ def evaluate_run(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, preemp
 
 
 def export_run(model: cgc.CGCModel, out: RunDir, zero3: bool, rank: int, skip: tuple[str, ...] = ()) -> None:
-    """adapters/cgc (the cgc adapter), gates.json and adapters/peft/<task> (one exact PEFT LoRA per task but the
-    untrained ones, `skip`)."""
+    """adapters/cgc (the cgc adapter, naming the untrained tasks `skip`), gates.json and adapters/peft/<task> (one
+    exact PEFT LoRA per trained task)."""
     with gathered((p for _, p in model.trainable_parameters()), zero3):
         if rank == 0:
             model.save_adapter(out.cgc_adapter)
+            write_untrained(out.cgc_adapter, skip)  # export.py and serve.py leave them out too
             write_gates(model, out.gates)
             for task in (t for t in model.tasks if t not in skip):
                 cgc.export_peft_adapter(model, task, out.peft_adapters / task)

@@ -276,6 +276,9 @@ def to_universal(tag_dir: Path) -> Path:
     tag_dir = Path(tag_dir)
     if not (tag_dir / COMPLETE_MARKER).is_file():
         raise ValueError(f"{tag_dir} is not a complete cgc checkpoint (no {COMPLETE_MARKER})")
+    problem = damage(tag_dir)
+    if problem:  # converted, the damage would get a fresh manifest
+        raise ValueError(f"{tag_dir} is damaged: {problem}")
     if saved_zero_stage(tag_dir) == 0:
         raise ValueError(
             f"{tag_dir} was saved without ZeRO partitioning (stage 0: a one-rank run drops stage 1/2, see "

@@ -53,6 +53,10 @@ def damage(tag_dir: Path) -> str | None:
         listed = read_marker(tag_dir).get("files", {})
     except ValueError as err:
         return str(err)
+    try:
+        listed = {str(name): (int(size), int(crc)) for name, (size, crc) in listed.items()}
+    except (AttributeError, TypeError, ValueError):
+        return f"{tag_dir / COMPLETE_MARKER} is damaged (its file list is not name -> [bytes, crc32])"
     for name, (size, crc) in listed.items():
         path = tag_dir / name
         if not path.is_file():

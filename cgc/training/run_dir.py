@@ -11,6 +11,7 @@ evaluate.py, export.py, serve.py and compare.py read.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +116,33 @@ def find_run_adapter(output_dir: str | Path, adapter: str | Path | None, tasks: 
     except ValueError as err:  # not JSON, or not a config
         raise RunDirError(f"{path / CONFIG_NAME} is damaged: {err}") from None
     check_weights(path / ADAPTER_WEIGHTS_NAME)
-    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else known
+    untrained = read_untrained(path)
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else [t for t in known if t not in untrained]
     unknown = [t for t in chosen if t not in known]
     if unknown or not chosen:
         raise UnknownTaskError(f"--tasks: no task {unknown} in the adapter; its tasks: {', '.join(known)}")
+    if asked_untrained := sorted(set(chosen) & set(untrained)):
+        raise RunDirError(
+            f"--tasks: {asked_untrained} had no training data in the run that saved {path} ({UNTRAINED_FILE}): "
+            "an untrained adapter is never exported as if trained"
+        )
     return path, chosen
+
+
+UNTRAINED_FILE = "untrained_tasks.json"  # in a cgc adapter dir: tasks a run kept without data (allow_untrained)
+
+
+def write_untrained(adapter: Path, tasks) -> None:
+    path = Path(adapter) / UNTRAINED_FILE
+    if tasks:
+        path.write_text(json.dumps(sorted(tasks)) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_untrained(adapter: Path) -> list[str]:
+    path = Path(adapter) / UNTRAINED_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def check_weights(path: Path) -> None:

@@ -110,13 +110,16 @@ def claim_output_dir(cfg, out: Path, rank: int) -> dict:
     moved aside with overwrite=true; this run's identity is written to `out`/cgc_run.json. A collective.
     -> the identity."""
     lock_output_dir(out, rank)
-    if cfg.resume == "none" and holds_a_run(out):
+    # rank 0 looks, every rank learns the answer: all take the same branches, so the same collectives
+    if any_rank(rank == 0 and cfg.resume == "none" and holds_a_run(out)):
         if not cfg.overwrite:
             raise RunDirError(refusal_to_overwrite(out))
+        old_lock = HELD.pop() if rank == 0 else None
         if rank == 0:
-            HELD.pop().release()  # the lock file moves aside with the old run: lock the new directory
             print0(f"overwrite=true: moved the previous run aside to {move_aside(out)}")
-        lock_output_dir(out, rank)
+        lock_output_dir(out, rank)  # the new directory's, before the old lock (now aside with the old run) goes
+        if old_lock is not None:
+            old_lock.release()
     identity = fingerprint(cfg)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

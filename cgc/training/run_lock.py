@@ -33,8 +33,11 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise OutputDirInUse naming its holder (pid, host, start time)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # never truncate: the holder's record stays readable until we hold it
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # never truncate: the holder's record stays readable until we hold it
+        except OSError as err:
+            raise OutputDirInUse(f"cannot open the lock file {self.path}: {err.strerror or err}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

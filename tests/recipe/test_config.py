@@ -117,3 +117,15 @@ def test_cgc_section_problems_join_the_one_config_error():
     ):
         assert expected in message, expected
     assert "invalid CGCLoraConfig" not in message  # merged as problems, not nested as text
+
+
+def test_yaml_merge_keys_load_and_a_key_given_twice_is_named_with_both_lines(tmp_path):
+    from cgc.recipe.yaml_file import read_yaml
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b\n  x: 1\n  y: 2\nother:\n  <<: *b\n  y: 3\n")
+    assert read_yaml(merged) == {"base": {"x": 1, "y": 2}, "other": {"x": 1, "y": 3}}  # an override is no duplicate
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("a: 1\nb:\n  c: 1\n  c: 2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml:4:3: not valid YAML: key 'c' is given twice \(first on line 3"):
+        read_yaml(twice)

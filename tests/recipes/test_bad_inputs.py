@@ -113,6 +113,14 @@ def test_silent_data_loss_is_said(tmp_path):
     assert "tasks ['length'] of cgc.clusters have no examples" in result.stderr
     exported = sorted(p.name for p in (tmp_path / "out" / "adapters" / "peft").iterdir())
     assert "length" not in exported and len(exported) == 8  # no untrained adapter exported as if trained
+    adapter = tmp_path / "out" / "adapters" / "cgc"
+    assert json.loads((adapter / "untrained_tasks.json").read_text()) == ["length"]
+    export = [sys.executable, "recipes/export.py", "--config", "recipes/configs/tiny_cpu.yaml", f"--adapter={adapter}"]
+    done = subprocess.run([*export, f"--out={tmp_path / 'export'}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "length" not in json.loads((tmp_path / "export" / "export.json").read_text())["tasks"]
+    asked = subprocess.run([*export, "--tasks=length"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert asked.returncode == 2 and "['length'] had no training data" in asked.stderr, asked.stderr[-2000:]
     assert f"warning: {empty} training examples of task 'add' have an empty target" in result.stderr
     assert "drops every example of tasks ['uppercase']" in result.stderr
     assert "scored tasks without training data: ['length']" in result.stderr
