@@ -11,6 +11,7 @@ whose files differ from what its marker lists (size, CRC-32: cgc.training.checkp
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -130,15 +131,20 @@ def save(
     if rank() == 0 and partial.exists():  # the leftover of a save that was killed
         shutil.rmtree(partial)
     barrier()
-    engine.save_checkpoint(
-        str(checkpoints),
-        tag=partial.name,
-        client_state={"step": step},
-        save_latest=False,
-        exclude_frozen_parameters=True,
-    )
-    write_rank_state(partial, rank(), sampler.state_dict())
-    _flush(partial)
+    try:
+        engine.save_checkpoint(
+            str(checkpoints),
+            tag=partial.name,
+            client_state={"step": step},
+            save_latest=False,
+            exclude_frozen_parameters=True,
+        )
+        write_rank_state(partial, rank(), sampler.state_dict())
+        _flush(partial)
+    except (OSError, RuntimeError) as err:  # torch.save on a full disk: "basic_ios::clear: iostream error"
+        if getattr(err, "errno", None) != errno.ENOSPC and shutil.disk_usage(checkpoints).free >= FULL_BELOW:
+            raise
+        raise DiskFullError(checkpoints, step) from None
     barrier()  # every rank's files are on disk before the marker says the checkpoint is whole
     final = checkpoints / tag
     if rank() == 0:
@@ -156,6 +162,23 @@ def save(
             _prune(checkpoints, keep_last, keep)
     barrier()
     return final
+
+
+FULL_BELOW = 16 << 20  # bytes free under which a failed save is put down to a full disk
+
+
+class DiskFullError(SystemExit):
+    """A save that ran out of disk: exits (code 1, no traceback, on whichever rank hit it) saying so and naming the
+    newest whole checkpoint, which the failed save left as it was."""
+
+    def __init__(self, checkpoints: Path, step: int):
+        steps = completed_steps(checkpoints)
+        whole = f"{checkpoints / f'step_{steps[-1]}'} is whole" if steps else "no earlier checkpoint exists"
+        free = shutil.disk_usage(checkpoints).free
+        super().__init__(
+            f"error: the disk holding {checkpoints} is full ({free:,} bytes free) while saving step {step}: that "
+            f"save is lost, {whole} (resume=latest takes it). Free space, then resume"
+        )
 
 
 def _flush(directory: Path) -> None:

@@ -90,3 +90,23 @@ def test_a_universal_resume_gives_each_parameter_group_its_own_hyperparameters_b
     assert [g["lr"] for g in loaded.param_groups] == [1e-3, 1e-2]
     assert [g["name"] for g in loaded.param_groups] == ["experts", "gates"]
     assert loaded.param_groups[1]["params"] == [gates]
+
+
+class FullDiskEngine(Engine):
+    """Fails the way torch.save fails on a full disk (a RuntimeError from its C++ stream, no errno)."""
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters):
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos; basic_ios::clear: iostream error")
+
+
+def test_a_full_disk_during_a_save_says_so_and_names_the_whole_checkpoint(tmp_path, monkeypatch):
+    ckpt.save(Engine(), Sampler(), tmp_path, 2, world_size=1)
+    with pytest.raises(RuntimeError, match="iostream error"):  # a disk with room: the error as it was
+        ckpt.save(FullDiskEngine(), Sampler(), tmp_path, 4, world_size=1)
+    usage = types.SimpleNamespace(total=10**9, used=10**9 - 4096, free=4096)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(SystemExit) as stopped:
+        ckpt.save(FullDiskEngine(), Sampler(), tmp_path, 4, world_size=1)
+    message = str(stopped.value.code)
+    assert "is full (4,096 bytes free) while saving step 4" in message and f"{tmp_path / 'step_2'} is whole" in message
+    assert ckpt.resolve_resume("latest", tmp_path) == tmp_path / "step_2"
