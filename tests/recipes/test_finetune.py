@@ -360,7 +360,7 @@ def test_two_single_rank_launchers_as_two_nodes_match_one_launcher(zero3_run, tm
     "overrides, message",
     [
         (["train.lrr=1"], "unknown key train.lrr (did you mean train.lr?)"),
-        (["train.lr=-0.5"], "train.lr must be > 0, got -0.5"),
+        (["train.lr=-0.5"], "train.lr must be a finite number > 0, got -0.5"),
         (["data.train_files=[missing.jsonl]"], "data.train_files: file not found: missing.jsonl"),
         (["cgc.target_modules=[query_key_value]", "model.quantization=none"], "matched no module"),
     ],
