@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,20 +77,18 @@ def check_eval_is_held_out(cfg: RecipeConfig, train_raw, eval_raw) -> None:
     """Eval examples whose (task, input) the training data also holds score training data as held-out: refused
     (ConfigError) with the count per task, or with data.allow_eval_overlap a warning saying so."""
     trained = set(zip(train_raw["task"], train_raw["input"], strict=True))
-    seen: dict[str, int] = {}
-    for key in zip(eval_raw["task"], eval_raw["input"], strict=True):
-        if key in trained:
-            seen[key[0]] = seen.get(key[0], 0) + 1
+    pairs = zip(eval_raw["task"], eval_raw["input"], strict=True)
+    seen = Counter(task for task, text in pairs if (task, text) in trained)
     if not seen:
         return
     per_task = dict(sorted(seen.items()))
     what = f"{sum(seen.values())} of {len(eval_raw)} eval examples have a training example's input ({per_task})"
-    if not cfg.data.allow_eval_overlap:
-        raise ConfigError(
-            f"data.eval_files: {what}: their scores would not be held-out scores. Remove them from the eval files, "
-            "or set data.allow_eval_overlap: true to score them anyway"
-        )
-    print0(f"warning: {what}; scored anyway (data.allow_eval_overlap)", file=sys.stderr)
+    refuse_unless(
+        cfg.data.allow_eval_overlap,
+        f"data.eval_files: {what}: their scores would not be held-out scores. Remove them from the eval files, "
+        "or set data.allow_eval_overlap: true to score them anyway",
+        f"{what}; scored anyway (data.allow_eval_overlap)",
+    )
 
 
 def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: list[str]) -> tuple[str, ...]:
@@ -99,13 +98,20 @@ def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: 
     if not untrained:
         return ()
     what = f"tasks {list(untrained)} of cgc.clusters have no examples in data.train_files"
-    if not cfg.data.allow_untrained:
-        raise ConfigError(
-            f"{what}: their experts would stay as initialised and be exported as if trained. Give them data, "
-            "remove them from cgc.clusters, or set data.allow_untrained: true (they are then not exported)"
-        )
-    print0(f"warning: {what}: they stay untrained and their PEFT adapters are not exported", file=sys.stderr)
+    refuse_unless(
+        cfg.data.allow_untrained,
+        f"{what}: their experts would stay as initialised and be exported as if trained. Give them data, "
+        "remove them from cgc.clusters, or set data.allow_untrained: true (they are then not exported)",
+        f"{what}: they stay untrained and their PEFT adapters are not exported",
+    )
     return untrained
+
+
+def refuse_unless(allowed: bool, refusal: str, warning: str) -> None:
+    """The data checks' one rule: a ConfigError, or, where the config's switch allows it, a warning."""
+    if not allowed:
+        raise ConfigError(refusal)
+    print0(f"warning: {warning}", file=sys.stderr)
 
 
 def deepspeed_config(cfg: RecipeConfig, world: int) -> dict:
