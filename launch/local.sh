@@ -12,5 +12,8 @@ prefix=$("$(dirname "$launcher")/python" -c 'import sys; print(sys.prefix)' 2>/d
 if [ -z "${TORCH_EXTENSIONS_DIR:-}" ] && [ -n "$prefix" ]; then export TORCH_EXTENSIONS_DIR=$prefix/torch_extensions; fi
 # a free port unless MASTER_PORT names one: a fixed default collides with any other job on the machine
 port=${MASTER_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
-exec "$launcher" --num_gpus "$nprocs" --master_port "$port" \
+# Under the supervisor (launch/supervise.py): SIGTERM or Ctrl-C to this script makes every rank checkpoint and
+# exit 0, and the script returns only when no process of the job is left (the launcher alone would not wait).
+python=$(dirname "$launcher")/python; [ -x "$python" ] || python=python3
+exec "$python" launch/supervise.py "$launcher" --num_gpus "$nprocs" --master_port "$port" \
   recipes/finetune.py --config "$config" "$@"
