@@ -148,7 +148,7 @@ def setup_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
     try:
         model = cgc.attach(base, cfg.cgc)
         if cfg.init_from:  # the trained clusters' experts and gates, frozen; cfg.cgc was grown from them
-            load_trained(model, cfg.init_from)
+            load_trained(model, cfg.init_from, cfg.train.extend_shared)
     except ValueError as err:  # e.g. target_modules matching nothing: a config problem, not a crash
         error_exit(f"cgc: {err}")
     if cfg.train.gradient_checkpointing:

@@ -112,11 +112,38 @@ def attach_grown(base_model, trained_path, wanted: CGCLoraConfig):
     return model, new_clusters(trained, config)
 
 
-def load_trained(model, trained_path) -> None:
+def load_trained(model, trained_path, extend_shared: bool = False) -> None:
     """Load the adapter saved at `trained_path` into `model` (a CGCModel of a config grown from it) and freeze what
-    it loaded: only the new clusters' parameters keep requires_grad."""
+    it loaded: only the new clusters' parameters keep requires_grad, and with `extend_shared` the shared experts of
+    the trained clusters that tasks are appended to (`train_shared_experts`)."""
     from cgc.adapter.model import load_weights
 
     loaded = set(load_weights(model, trained_path, partial=True))
     for name, param in model.trainable_parameters():
         param.requires_grad_(name not in loaded)
+    if extend_shared:
+        train_shared_experts(model, extended_clusters(CGCLoraConfig.load(trained_path), model.cgc_config))
+
+
+def extended_clusters(trained: CGCLoraConfig, grown: CGCLoraConfig) -> list[str]:
+    """The trained clusters that `grown` appends tasks to (the clusters its new parts extend), in map order."""
+    parents = {grown.extends[c] for c in new_clusters(trained, grown) if c in grown.extends}
+    return [c for c in grown.clusters if c in parents]
+
+
+def tasks_sharing(config: CGCLoraConfig, cluster: str) -> list[str]:
+    """Every task that mixes the shared experts of `cluster`: its own and those of every part extending it."""
+    return [t for c, ts in config.clusters.items() if c == cluster or config.extends.get(c) == cluster for t in ts]
+
+
+def train_shared_experts(model, clusters: list[str]) -> None:
+    """train.extend_shared: the shared experts of the trained `clusters` train again (with the tasks appended to
+    them), their own tasks' experts and gates stay frozen. Each such cluster's stacked tensors train with their
+    own-expert rows detached (ClusterExperts.shared_train_only). Every task of those clusters (`tasks_sharing`)
+    changes."""
+    for layer in model.adapted_layers().values():
+        for cluster in clusters:
+            experts = layer.experts[cluster]
+            experts.shared_train_only = True
+            experts.lora_A.requires_grad_(True)
+            experts.lora_B.requires_grad_(True)

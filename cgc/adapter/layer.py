@@ -60,6 +60,9 @@ class ClusterExperts(nn.Module):
             if self.expert_rows(k).start >= self.offset:
                 nn.init.kaiming_uniform_(self.lora_A.data[self.stored(self.expert_rows(k))], a=math.sqrt(5))
         self.register_buffer("active_rows", shape.active_rows.to(device), persistent=False)  # (T_c, R)
+        # train.extend_shared (cgc.adapter.growth.train_shared_experts): a trained cluster whose shared experts train
+        # with the tasks a run appends to it, while its own tasks' experts stay exactly as trained
+        self.shared_train_only = False
 
     @property
     def num_experts(self) -> int:
@@ -72,6 +75,16 @@ class ClusterExperts(nn.Module):
         """Stack rows -> the rows of lora_A that hold them (an extension stores its stack from `offset` on)."""
         return slice(rows.start - self.offset, rows.stop - self.offset)
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """lora_A (R_c, d_in) and lora_B (d_out, R_c) as the forward uses them. With `shared_train_only` the rows
+        after the shared experts' are detached: their gradient is exactly zero, and AdamW (without weight decay for
+        these tensors, CGCModel.optimizer_groups) then leaves them bit-identical."""
+        if not self.shared_train_only:
+            return self.lora_A, self.lora_B
+        n = self.shared_rows
+        a = torch.cat([self.lora_A[:n], self.lora_A[n:].detach()])
+        return a, torch.cat([self.lora_B[:, :n], self.lora_B[:, n:].detach()], dim=1)
+
     def task_factors(self, local_task: int, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's experts as a single LoRA pair with its weights `scales` (R,) on their rank rows folded into B.
 
@@ -82,7 +95,8 @@ class ClusterExperts(nn.Module):
         if self.offset:
             own = rows >= self.offset
             rows, scales = rows[own] - self.offset, scales[own]
-        return self.lora_A[rows], self.lora_B[:, rows] * scales.to(self.lora_B.dtype)
+        a, b = self.factors()
+        return a[rows], b[:, rows] * scales.to(b.dtype)
 
     def forward(
         self, x: torch.Tensor, scales: torch.Tensor, single_task: int | None, shared_only: bool = False
@@ -103,7 +117,7 @@ class ClusterExperts(nn.Module):
             a, b = self.task_factors(single_task, scales)  # (R, d_in), (d_out, R): a LoRA of rank R like PEFT's
             return F.linear(F.linear(x, a), b)
         # All of the cluster's experts as one LoRA of rank R_c; each sample's weights are a scale on its rank rows.
-        return ScaledLowRank.apply(x, self.lora_A, self.lora_B, scales.to(x.dtype))  # (n, L, d_out)
+        return ScaledLowRank.apply(x, *self.factors(), scales.to(x.dtype))  # (n, L, d_out)
 
 
 class ScaledLowRank(torch.autograd.Function):

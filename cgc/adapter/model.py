@@ -252,9 +252,16 @@ class CGCModel(nn.Module):
                 for param in self.cluster_parameters(cluster):
                     param.requires_grad_(False)
         training = [(n, p) for n, p in self.trainable_parameters() if p.requires_grad]
-        experts = [p for n, p in training if not n.endswith("gate_logits")]
+        # train.extend_shared: tensors whose own-expert rows are detached (ClusterExperts.shared_train_only) must not
+        # decay, or those rows would move without a gradient
+        partly = {id(p) for layer in self.adapted_layers().values() for e in layer.experts.values()
+                  if e.shared_train_only for p in (e.lora_A, e.lora_B)}  # fmt: skip
+        experts = [p for n, p in training if not n.endswith("gate_logits") and id(p) not in partly]
+        shared = [p for n, p in training if id(p) in partly]
         gates = [p for n, p in training if n.endswith("gate_logits")]
         groups = [{"name": "experts", "params": experts, "lr": lr, "weight_decay": weight_decay}]
+        if shared:
+            groups.append({"name": "extended_shared", "params": shared, "lr": lr, "weight_decay": 0.0})
         if gates:  # configurations with one expert per task have no gate
             groups.append({"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0})
         return groups

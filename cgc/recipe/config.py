@@ -85,6 +85,11 @@ class TrainSection:
     schedule: str = knob("cosine", "`cosine`, `linear` or `constant` (after warmup)")
     warmup_steps: int = knob(0, "linear warmup steps")
     max_grad_norm: float = knob(1.0, "gradient clipping (0: off)")
+    extend_shared: bool = knob(
+        False,
+        "with init_from: train the shared experts of each trained cluster the run appends tasks to (every task of "
+        "that cluster changes; its old tasks' data may then be given as replay)",
+    )
     gradient_checkpointing: bool = knob(
         False, "recompute activations in backward: less activation memory for one more forward pass"
     )

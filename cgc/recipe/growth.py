@@ -1,5 +1,7 @@
 """A run with `init_from`: the trained adapter grown by the tasks the config's cluster map adds (cgc.adapter.growth),
-checked before any model loads. Only the new clusters train; the run's data must be the new tasks' alone."""
+checked before any model loads. Only the new clusters train, and the run's data is the new tasks' alone; with
+train.extend_shared the shared experts of the trained clusters it appends tasks to train too, and their old tasks'
+data may come along as replay."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from cgc.adapter.config import CGCLoraConfig
 from cgc.adapter.errors import CGCError
-from cgc.adapter.growth import grow, new_clusters
+from cgc.adapter.growth import extended_clusters, grow, new_clusters, tasks_sharing
 from cgc.adapter.model import ADAPTER_WEIGHTS_NAME
 from cgc.recipe.errors import ConfigError
 from cgc.training.distributed import print0
@@ -24,7 +26,9 @@ BASE_KEYS = ("model.name_or_path", "model.gguf_file", "model.quantization", "mod
 @dataclasses.dataclass(frozen=True)
 class Growth:
     trained: CGCLoraConfig  # the adapter at init_from
-    new_clusters: list[str]  # the clusters this run adds, the only ones it trains
+    new_clusters: list[str]  # the clusters this run adds: every parameter of them trains
+    extended_shared: list[str] = dataclasses.field(default_factory=list)  # train.extend_shared: trained clusters
+    changed_tasks: list[str] = dataclasses.field(default_factory=list)  # whose shared experts train; their tasks
 
 
 def grown_config(cfg):
@@ -49,7 +53,22 @@ def grown_config(cfg):
     except CGCError as err:
         raise ConfigError(f"init_from {path}: {err.message}", err.problems) from None
     check_base_model(cfg, path)
-    return dataclasses.replace(cfg, cgc=grown), Growth(trained, new_clusters(trained, grown))
+    growth = Growth(trained, new_clusters(trained, grown))
+    if cfg.train.extend_shared:
+        extended = extended_clusters(trained, grown)
+        if not extended:
+            raise ConfigError(
+                "train.extend_shared: true, but cgc.clusters appends no task to a trained cluster (new clusters "
+                "train all their experts anyway): set it false"
+            )
+        changed = [t for c in extended for t in tasks_sharing(grown, c) if t in trained.task_map]
+        growth = dataclasses.replace(growth, extended_shared=extended, changed_tasks=changed)
+        print0(
+            f"train.extend_shared: the shared experts of trained clusters {extended} train with the tasks appended "
+            f"to them: every task of those clusters changes, {changed} included (their exports are rewritten)",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(cfg, cgc=grown), growth
 
 
 def check_base_model(cfg, adapter: Path) -> None:
@@ -75,10 +94,18 @@ def check_base_model(cfg, adapter: Path) -> None:
 
 
 def check_new_tasks_only(growth: Growth, counts: dict[str, int]) -> None:
-    """The trained tasks' experts are frozen: their examples would train nothing. Refused, naming them."""
-    old = sorted(t for t in counts if t in growth.trained.task_map)
+    """The trained tasks' experts are frozen: their examples would train nothing, unless they mix shared experts
+    that train (train.extend_shared), where they are replay. Anything else is refused, naming the tasks."""
+    old = sorted(t for t in counts if t in growth.trained.task_map and t not in growth.changed_tasks)
+    if old and growth.extended_shared:
+        raise ConfigError(
+            f"the training data holds examples of tasks init_from already trained ({old}) that mix none of the "
+            f"shared experts this run trains (those of {growth.extended_shared}): their examples would train "
+            "nothing. Remove them"
+        )
     if old:
         raise ConfigError(
             f"the training data holds examples of tasks init_from already trained ({old}): their experts are frozen, "
-            "so those examples would train nothing. Give the new tasks' data only"
+            "so those examples would train nothing. Give the new tasks' data only (or, to train the shared experts "
+            "of a cluster you append tasks to with replay of its tasks, train.extend_shared: true)"
         )

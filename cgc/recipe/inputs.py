@@ -64,6 +64,8 @@ def load_run_inputs(config: str, overrides: list[str]) -> RunInputs:
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
     counts = task_counts(train_raw)
     trained = [c for c in task_map.clusters if any(counts.get(t) for t in task_map.tasks_of(c))]
+    if growth is not None and growth.extended_shared:  # their shared experts train on the appended tasks' data
+        trained = [c for c in task_map.clusters if c in trained or c in growth.extended_shared]
     candidates = task_map.clusters if growth is None else growth.new_clusters
     untrained = check_every_task_has_data(cfg, counts, [t for c in candidates for t in task_map.tasks_of(c)])
     idle = [c for c in candidates if c not in trained]

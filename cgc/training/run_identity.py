@@ -37,6 +37,7 @@ SHAPE_KEYS = (
     "cgc.tasks",
     "adapter.gate_layout",
     "init_from",
+    "train.extend_shared",  # which parameters the optimizer holds
 )
 # How the model's parameters are laid out: "stacked" since the gates of every layer are one tensor per cluster
 # (cgc.adapter.gates), "per_layer" before. A checkpoint's module and optimizer states hold that layout.
@@ -46,6 +47,7 @@ SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} 
     "adapter.gate_layout": "per_layer",
     "init_from": None,
     "init_from_path": None,
+    "train.extend_shared": False,
 }
 DERIVED = ("cgc.tasks",)  # keys whose value follows from others, which identities before them lack
 # What to do about a refused difference, where there is more to say than "resume with the checkpoint's settings".

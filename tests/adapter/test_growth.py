@@ -172,3 +172,41 @@ def test_cluster_parameters_are_exactly_the_clusters_own_even_named_like_a_modul
     model = cgc.attach(tiny_llama(), make_config(clusters={"mlp": ["a"], "layers": ["b", "c"]}))
     counts = {c: len(model.cluster_parameters(c)) for c in ("mlp", "layers")}
     assert counts == {"mlp": 2 * 3 * 2 + 1, "layers": 2 * 3 * 2 + 1}  # A and B on 3 modules x 2 layers, one gate
+
+
+def test_extend_shared_trains_the_shared_experts_only_and_leaves_other_clusters_exact(trained, tmp_path):
+    """train.extend_shared: math's shared experts train with the appended `div` and replay of math's own tasks;
+    math's own experts and gates, and every other cluster, stay bit-identical (weight decay on, to catch a decay of
+    the detached rows). Fails if the own-expert rows are not detached or math's gate trains."""
+    from cgc.adapter.growth import extended_clusters, load_trained, tasks_sharing
+
+    model, path = trained
+    grown = cgc.attach(tiny_llama(), grow(make_config(), make_config(clusters=WANTED)))
+    load_trained(grown, path, extend_shared=True)
+    assert extended_clusters(make_config(), grown.cgc_config) == ["math"]
+    assert tasks_sharing(grown.cgc_config, "math") == ["add", "mul", "sub", "div"]
+    before = {n: p.detach().clone() for n, p in grown.trainable_parameters()}
+    groups = grown.optimizer_groups(lr=1e-2, gate_lr=1e-1, weight_decay=0.1)
+    assert [g["name"] for g in groups] == ["experts", "extended_shared", "gates"]
+    optimizer = torch.optim.AdamW(groups)
+    x, tasks = batch(batch_size=6), ["div", "add", "formal", "mul", "div", "synonym"]
+    for _ in range(3):
+        optimizer.zero_grad()
+        grown(input_ids=x, task_ids=tasks).logits.square().mean().backward()
+        optimizer.step()
+    rows = grown.cgc_config.shared_rows()
+    for name, param in grown.trainable_parameters():
+        was = before[name]
+        if ".experts.math." in name:  # math's stacked experts: shared rows first
+            own = (slice(rows, None),) if name.endswith("lora_A") else (slice(None), slice(rows, None))
+            shared = (slice(None, rows),) if name.endswith("lora_A") else (slice(None), slice(None, rows))
+            assert torch.equal(param[own], was[own]), name
+            assert not torch.equal(param[shared], was[shared]), name
+        elif name.split(".")[-2] in ("math+1", "style") or name.startswith(("gates.math+1", "gates.style")):
+            assert not torch.equal(param, was), name
+        else:
+            assert torch.equal(param, was), name
+    with torch.no_grad():  # lexical's tasks compute what they did; math's old tasks changed
+        for task, same in (("synonym", True), ("antonym", True), ("add", False)):
+            out = (model(input_ids=x, task_ids=[task] * 6).logits, grown(input_ids=x, task_ids=[task] * 6).logits)
+            assert torch.equal(*out) == same, task

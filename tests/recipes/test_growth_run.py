@@ -129,3 +129,50 @@ def test_growing_refuses_data_of_trained_tasks_and_a_missing_adapter(runs, tmp_p
     assert f"no cgc_config.json in {trained}" in refuse(tmp_path / "c", *grow, f"init_from={trained}")
     inside = refuse(trained, *grow, "overwrite=true")  # would move the adapter it grows from aside
     assert "is inside output_dir" in inside and (trained / "adapters/cgc").is_dir()
+
+
+def adapter_tensors(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+def test_extend_shared_trains_a_trained_clusters_shared_experts_with_replay(runs, tmp_path):
+    """train.extend_shared on 2 ranks (ZeRO-3, NF4) with replay of `uppercase`: words' shared experts train, its own
+    experts and gates and every other cluster stay bit-identical; `add` computes and exports what it did."""
+    trained, _, grow = runs
+    out = tmp_path / "extended"
+    replay = data_of([*NEW_TASKS, "uppercase"], tmp_path / "replay")
+    result = launch(out, *grow, *replay, "train.extend_shared=true", "train.max_steps=6")
+    assert "every task of those clusters changes, ['reverse_words', 'uppercase'] included" in result.stderr
+    before, after = adapter_tensors(trained / "adapters/cgc"), adapter_tensors(out / "adapters/cgc")
+    rows = cgc.CGCLoraConfig.load(trained / "adapters/cgc").shared_rows()
+    for name, was in before.items():
+        now = after[name]
+        if ".experts.words." in name:
+            own = (slice(rows, None),) if name.endswith("lora_A") else (slice(None), slice(rows, None))
+            shared = (slice(None, rows),) if name.endswith("lora_A") else (slice(None), slice(None, rows))
+            assert torch.equal(now[own], was[own]) and not torch.equal(now[shared], was[shared]), name
+        else:
+            assert torch.equal(now, was), name  # words' gates, numbers: frozen
+    assert torch.equal(logits(trained / "adapters/cgc", ["add"] * 2), logits(out / "adapters/cgc", ["add"] * 2))
+    assert digest(trained / "adapters/peft/add") == digest(out / "adapters/peft/add")
+    assert digest(trained / "adapters/peft/uppercase") != digest(out / "adapters/peft/uppercase")
+    base, _ = load_recipe_model("tiny-llama", None, "none", "float32", seed=0)
+    model = cgc.attach(base, cgc.CGCLoraConfig.load(out / "adapters/cgc"))
+    words = sum(p.numel() for n, p in model.trainable_parameters() if ".experts.words." in n)  # A, B: not its gate
+    new = sum(p.numel() for c in ("words+1", "letters") for p in model.cluster_parameters(c))
+    assert json.loads((out / "run_summary.json").read_text())["optimized_params"] == new + words
+    assert json.loads((out / "cgc_run.json").read_text())["train.extend_shared"] is True
+
+
+def test_extend_shared_refuses_replay_it_cannot_use_and_a_run_without_appended_tasks(runs, tmp_path):
+    trained, _, grow = runs
+    on = "train.extend_shared=true"
+    replay = data_of([*NEW_TASKS, "add"], tmp_path / "replay")  # numbers gets no new task: nothing of it trains
+    assert "(['add']) that mix none of the shared experts this run trains" in refuse(tmp_path / "a", *grow, *replay, on)
+    new_cluster_only = [clusters({**TRAINED, "letters": ["first_letter"]}), f"init_from={trained / 'adapters/cgc'}"]
+    data = data_of(["first_letter"], tmp_path / "letters")
+    no_metrics = "eval.metrics={}"  # the config names sort_words, which this map lacks
+    assert "appends no task to a trained cluster" in refuse(tmp_path / "b", *new_cluster_only, *data, no_metrics, on)
+    assert "train.extend_shared: true needs init_from" in refuse(tmp_path / "c", on)
