@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -28,12 +29,12 @@ from tqdm import tqdm
 
 import cgc
 from cgc.adapter.growth import load_trained
-from cgc.data import ClusterAwareBatchSampler, task_counts, tokenize_dataset
+from cgc.data import task_counts, tokenize_dataset
 from cgc.evaluation import evaluate_tasks, markdown_table, write_results
 from cgc.recipe import RecipeConfig, error_exit
 from cgc.recipe.inputs import RunInputs, load_run_inputs, single_rank_stage
 from cgc.training import checkpoint as ckpt
-from cgc.training import deepspeed_ops, distributed, run_identity
+from cgc.training import deepspeed_ops, distributed, run_identity, stall
 from cgc.training.distributed import any_rank, barrier, free_port, gathered, print0, rank0_first
 from cgc.training.loader import train_loader
 from cgc.training.optimizer import optimizer_and_schedule
@@ -48,7 +49,7 @@ from cgc.training.target_loss import takes_logits_to_keep
 def main(argv: list[str] | None = None) -> None:
     inputs = load_inputs(argv)
     cfg, out = inputs.cfg, RunDir(inputs.cfg.output_dir)
-    rank, world = start_process_group(inputs.ds_config, cfg.train.threads_per_rank)
+    rank, world = start_process_group(inputs.ds_config, cfg.train)
     identity = claim_output_dir(cfg, out, rank)
     resume_dir = choose_checkpoint(cfg, out, world, inputs.ds_config, identity)
     stage_note = single_rank_stage(inputs.ds_config, world, resume_dir, cfg.deepspeed.partition_single_rank)
@@ -58,10 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
     loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config, inputs.trained_clusters)
-    resumed = Resumed(resume(engine, sampler, resume_dir), resume_dir, identity)
+    resumed = Resumed(ckpt.resume_step(engine, sampler, resume_dir), resume_dir, identity)
     preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
-    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
-    finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank, sampler)
+    try:  # a collective that times out (a rank stopped answering) ends the run with one message
+        result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
+        finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank, sampler)
+    except RuntimeError as err:
+        stall.end_if_stalled(err, cfg.train.collective_timeout_s, out.checkpoints)
+        raise
     barrier()
     del keep_alive
 
@@ -82,16 +87,16 @@ def load_inputs(argv: list[str] | None) -> RunInputs:
         error_exit(str(err))
 
 
-def start_process_group(ds_config: dict, threads: int | None) -> tuple[int, int]:
-    """This rank's GPU selected first, then nccl on GPUs or gloo on CPU ranks (cgc.training.distributed); plain
-    `python recipes/finetune.py` is a run of world size 1. DeepSpeed builds some ops on first use (inside
-    init_distributed on CPU ranks): a stale build lock stops the run here instead of hanging it. CPU threads are
-    set first (cgc.training.distributed.threads_per_rank). -> (rank, world)"""
+def start_process_group(ds_config: dict, train) -> tuple[int, int]:
+    """This rank's GPU selected first, then nccl on GPUs or gloo on CPU ranks (cgc.training.distributed), every
+    collective with train.collective_timeout_s (cgc.training.stall); plain `python recipes/finetune.py` is a run
+    of world size 1. DeepSpeed builds some ops on first use (inside init_distributed on CPU ranks): a stale build
+    lock stops the run here instead of hanging it. CPU threads are set first (distributed.threads_per_rank)."""
     try:
         deepspeed_ops.prepare(ds_config, torch.cuda.is_available(), announce=distributed.rank() == 0)
     except deepspeed_ops.StaleBuildLockError as err:
         error_exit(str(err))
-    threads = distributed.threads_per_rank(threads, torch.cuda.is_available())
+    threads = distributed.threads_per_rank(train.threads_per_rank, torch.cuda.is_available())
     if threads is not None:
         torch.set_num_threads(threads)
     import deepspeed  # a slow import: only once the config is known to be good
@@ -101,7 +106,9 @@ def start_process_group(ds_config: dict, threads: int | None) -> tuple[int, int]
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
     try:
-        return distributed.start_process_group(lambda backend: deepspeed.init_distributed(dist_backend=backend))
+        timeout = timedelta(seconds=train.collective_timeout_s)
+        init = lambda backend: deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # noqa: E731
+        return distributed.start_process_group(init, train.collective_timeout_s)
     except distributed.PortInUseError as err:
         error_exit(str(err))
 
@@ -197,14 +204,6 @@ def setup_engine(cfg: RecipeConfig, model: cgc.CGCModel, ds_config: dict, cluste
     return engine, scheduler, group_names
 
 
-def resume(engine, sampler: ClusterAwareBatchSampler, resume_dir: Path | None) -> int:
-    """-> the step to start from: 0, or the resumed checkpoint's."""
-    step, message = ckpt.load(engine, sampler, resume_dir) if resume_dir is not None else (0, "")
-    if message:
-        print0(message)
-    return step
-
-
 @dataclass
 class Resumed:
     step: int  # the step training starts from (0 for a fresh run)
@@ -231,11 +230,12 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
     engine.train()
     last_saved, tokens, padded, final_loss = step, 0.0, 0.0, log.last_loss
     phases = PhaseTimes()  # where this rank's time goes, summed over the run
-    logits_to_keep, accum = takes_logits_to_keep(model), cfg.train.grad_accum
+    logits_to_keep, accum, posts = takes_logits_to_keep(model), cfg.train.grad_accum, stall.StepPosts(rank, world)
     while step < stop_at:
         phases.start()
         mine, grad_norm = train_step(engine, micro_batches, sampler, accum, logits_to_keep, phases, world)
         step += 1
+        posts.post(step)  # for naming a rank that stops answering (cgc.training.stall)
         total = mine.reduce()
         final_loss = total.loss
         if not math.isfinite(final_loss):

@@ -85,6 +85,11 @@ class TrainSection:
     schedule: str = knob("cosine", "`cosine`, `linear` or `constant` (after warmup)")
     warmup_steps: int = knob(0, "linear warmup steps")
     max_grad_norm: float = knob(1.0, "gradient clipping (0: off)")
+    collective_timeout_s: float = knob(
+        1800,
+        "a collective that waits longer ends the run with a message naming the rank that stopped answering; must "
+        "exceed the slowest legitimate wait (a checkpoint save, a first compiled step)",
+    )
     extend_shared: bool = knob(
         False,
         "with init_from: train the shared experts of each trained cluster the run appends tasks to (every task of "

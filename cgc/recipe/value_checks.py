@@ -64,6 +64,10 @@ def value_problems(c, root: Path, check_paths: bool) -> list[str]:
         not t.extend_shared or bool(c.init_from),
         "train.extend_shared: true needs init_from (it trains the shared experts of a trained cluster)",
     )
+    need(
+        math.isfinite(t.collective_timeout_s) and t.collective_timeout_s > 0,
+        f"train.collective_timeout_s must be a finite number of seconds > 0, got {t.collective_timeout_s}",
+    )
     need(t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     need(t.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")

@@ -3,4 +3,4 @@ loader (`loader`), the optimizer and schedule (`optimizer`), one optimizer step 
 positions only (`target_loss`), per-step statistics and metrics (`run_log`), checkpoints (`checkpoint`) and their
 verified completion marker (`checkpoint_marker`), what a run is (`run_identity`), one run per output_dir
 (`run_lock`), the run directory's files (`run_dir`), run_summary.json (`run_summary`), SIGTERM/SIGINT
-(`preemption`) and DeepSpeed's compiled ops (`deepspeed_ops`)."""
+(`preemption`), a rank that stops answering (`stall`) and DeepSpeed's compiled ops (`deepspeed_ops`)."""

@@ -263,6 +263,14 @@ def load(engine, sampler, tag_dir: Path) -> tuple[int, str]:
     return step, f"resumed from {tag_dir} at step {step}"
 
 
+def resume_step(engine, sampler, resume_dir: Path | None) -> int:
+    """`load` when there is a checkpoint to resume from (its message printed). -> the step training starts from."""
+    step, message = load(engine, sampler, resume_dir) if resume_dir is not None else (0, "")
+    if message:
+        print0(message)
+    return step
+
+
 def restore_group_hyperparameters(engine, tag_dir: Path) -> None:
     """Give each optimizer parameter group its own saved hyperparameters (lr, initial_lr, betas, ...) back.
 

@@ -12,6 +12,7 @@ DeepSpeed's), and the same code runs on every backend. No other module calls a `
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 from pathlib import Path
@@ -56,10 +57,11 @@ def local_device() -> torch.device:
     return torch.device("cuda", local)
 
 
-def start_process_group(init=None) -> tuple[int, int]:
+def start_process_group(init=None, timeout_s: float | None = None) -> tuple[int, int]:
     """Select this rank's GPU before anything touches CUDA, start the process group (nccl on GPUs, gloo on CPU
-    ranks) with `init(backend)` (default `torch.distributed.init_process_group`; the recipe passes DeepSpeed's),
-    then create the side group for the collectives below. -> (rank, world size)"""
+    ranks) with `init(backend)` (default `torch.distributed.init_process_group`; the recipe passes DeepSpeed's,
+    with its collective timeout), then create the side group for the collectives below, with `timeout_s` (None:
+    torch's default). -> (rank, world size)"""
     device = local_device()
     if device.type == "cuda":
         # Before init: NCCL binds each rank's communicator to the current device, and bitsandbytes quantizes on
@@ -76,7 +78,7 @@ def start_process_group(init=None) -> tuple[int, int]:
             f"free one, e.g. `--master_port {free_port()}` for deepspeed, `--master_port` for torchrun, or "
             "MASTER_PORT=... for launch/local.sh (which picks a free one when MASTER_PORT is unset)"
         ) from None
-    make_side_group()
+    make_side_group(timeout_s=timeout_s)
     release_shared_memory_name()
     return dist.get_rank(), dist.get_world_size()
 
@@ -101,12 +103,13 @@ def release_shared_memory_name() -> None:
         path.unlink(missing_ok=True)
 
 
-def make_side_group(force: bool = False) -> None:
+def make_side_group(force: bool = False, timeout_s: float | None = None) -> None:
     """Create the gloo side group (a collective call: every rank, once, right after the process group starts).
     `force` creates it under gloo too (tests)."""
     global _SIDE_GROUP
     if force or dist.get_backend() != "gloo":
-        _SIDE_GROUP = dist.new_group(backend="gloo")
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        _SIDE_GROUP = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def _group():

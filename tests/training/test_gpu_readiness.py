@@ -91,7 +91,7 @@ def test_each_local_rank_gets_its_own_gpu_before_the_process_group_starts(monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: events.append(("set_device", str(device))))
-    monkeypatch.setattr(cd, "make_side_group", lambda: events.append(("side_group",)))
+    monkeypatch.setattr(cd, "make_side_group", lambda **kwargs: events.append(("side_group",)))
     monkeypatch.setattr(cd.dist, "get_rank", lambda: 3)
     monkeypatch.setattr(cd.dist, "get_world_size", lambda: 8)
     assert cd.local_device() == torch.device("cuda", 3)
