@@ -32,7 +32,7 @@ from cgc.adapter.growth import load_trained
 from cgc.data import task_counts, tokenize_dataset
 from cgc.evaluation import evaluate_tasks, markdown_table, write_results
 from cgc.recipe import RecipeConfig, error_exit
-from cgc.recipe.inputs import RunInputs, load_run_inputs, single_rank_stage
+from cgc.recipe.inputs import RunInputs, check_tokenized_tasks, load_run_inputs, single_rank_stage
 from cgc.training import checkpoint as ckpt
 from cgc.training import deepspeed_ops, distributed, run_identity, stall
 from cgc.training.distributed import any_rank, barrier, free_port, gathered, print0, rank0_first
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         print0(stage_note)
     write_resolved_config(cfg, out, rank)
     model, tokenizer, keep_alive = setup_model(cfg, inputs.ds_config, inputs.zero3)
-    loader, sampler = setup_data(cfg, inputs.train_raw, model, tokenizer, world, rank)
+    loader, sampler = setup_data(cfg, inputs, model, tokenizer, world, rank)
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config, inputs.trained_clusters)
     resumed = Resumed(ckpt.resume_step(engine, sampler, resume_dir), resume_dir, identity)
     preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
@@ -167,21 +167,18 @@ def setup_model(cfg: RecipeConfig, ds_config: dict, zero3: bool):
     return model, tokenizer, keep_alive
 
 
-def setup_data(cfg: RecipeConfig, train_raw, model: cgc.CGCModel, tokenizer, world: int, rank: int):
+def setup_data(cfg: RecipeConfig, inputs: RunInputs, model: cgc.CGCModel, tokenizer, world: int, rank: int):
     """Tokenised once (rank 0 fills the `datasets` cache first), one cluster per micro-step on all ranks.
     -> (DataLoader, its ClusterAwareBatchSampler)."""
     with rank0_first():
         train_set, report = tokenize_dataset(
-            train_raw, tokenizer, model.task_map, cfg.data.max_length, system_prompt=cfg.data.system_prompt
+            inputs.train_raw, tokenizer, model.task_map, cfg.data.max_length, system_prompt=cfg.data.system_prompt
         )
     print0("\n".join(report.lines()))
-    lost = sorted(t for t, n in report.examples.items() if report.dropped.get(t, 0) == n)
-    if lost:
-        print0(
-            f"warning: data.max_length={cfg.data.max_length} drops every example of tasks {lost} (their targets "
-            "alone do not fit): they are not trained",
-            file=sys.stderr,
-        )
+    try:  # tasks max_length left without an example: refused, or (allow_untrained) not exported
+        inputs.untrained_tasks += check_tokenized_tasks(cfg, report.examples, report.dropped)
+    except cgc.CGCError as err:
+        error_exit(str(err))
     s, tr = cfg.sampler, cfg.train
     try:
         return train_loader(
@@ -323,7 +320,8 @@ def evaluate_run(cfg: RecipeConfig, inputs: RunInputs, engine, tokenizer, preemp
         )
         return "interrupted"
     results, examples, answers = evaluated
-    trained = set(task_counts(inputs.train_raw)) | set(inputs.growth.trained.tasks if inputs.growth else ())
+    trained = set(task_counts(inputs.train_raw)) - set(inputs.untrained_tasks)  # max_length may drop a task's all
+    trained |= set(inputs.growth.trained.tasks if inputs.growth else ())
     if untrained := sorted(set(results["tasks"]) - trained):  # only then: eval.json as evaluate.py writes it
         results["untrained_tasks"] = untrained
         print0(f"warning: scored tasks without training data: {untrained}", file=sys.stderr)

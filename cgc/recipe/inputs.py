@@ -109,6 +109,22 @@ def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: 
     return untrained
 
 
+def check_tokenized_tasks(cfg: RecipeConfig, examples: dict[str, int], dropped: dict[str, int]) -> tuple[str, ...]:
+    """Tasks every example of which data.max_length dropped (their targets alone do not fit) would be exported
+    untrained as if trained: refused (ConfigError), or with data.allow_untrained a warning. -> those tasks."""
+    lost = tuple(sorted(t for t, n in examples.items() if n and dropped.get(t, 0) == n))
+    if lost:
+        what = f"data.max_length={cfg.data.max_length} drops every example of tasks {list(lost)} (their targets "
+        what += "alone do not fit)"
+        refuse_unless(
+            cfg.data.allow_untrained,
+            f"{what}: they would be exported untrained. Raise data.max_length, or set data.allow_untrained: true "
+            "(they are then not exported)",
+            f"{what}: they stay untrained and their PEFT adapters are not exported",
+        )
+    return lost
+
+
 def refuse_unless(allowed: bool, refusal: str, warning: str) -> None:
     """The data checks' one rule: a ConfigError, or, where the config's switch allows it, a warning."""
     if not allowed:

@@ -112,9 +112,10 @@ def test_silent_data_loss_is_said(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tasks ['length'] of cgc.clusters have no examples" in result.stderr
     exported = sorted(p.name for p in (tmp_path / "out" / "adapters" / "peft").iterdir())
-    assert "length" not in exported and len(exported) == 8  # no untrained adapter exported as if trained
+    # no untrained adapter exported as if trained: neither length (no data) nor uppercase (all dropped)
+    assert "length" not in exported and "uppercase" not in exported and len(exported) == 7
     adapter = tmp_path / "out" / "adapters" / "cgc"
-    assert json.loads((adapter / "untrained_tasks.json").read_text()) == ["length"]
+    assert json.loads((adapter / "untrained_tasks.json").read_text()) == ["length", "uppercase"]
     export = [sys.executable, "recipes/export.py", "--config", "recipes/configs/tiny_cpu.yaml", f"--adapter={adapter}"]
     done = subprocess.run([*export, f"--out={tmp_path / 'export'}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -123,9 +124,24 @@ def test_silent_data_loss_is_said(tmp_path):
     assert asked.returncode == 2 and "['length'] had no training data" in asked.stderr, asked.stderr[-2000:]
     assert f"warning: {empty} training examples of task 'add' have an empty target" in result.stderr
     assert "drops every example of tasks ['uppercase']" in result.stderr
-    assert "scored tasks without training data: ['length']" in result.stderr
+    assert "scored tasks without training data: ['length', 'uppercase']" in result.stderr
     scores = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert scores["untrained_tasks"] == ["length"] and "length" in scores["tasks"]
+    assert scores["untrained_tasks"] == ["length", "uppercase"] and "length" in scores["tasks"]
+    # without data.allow_untrained, a task max_length leaves without an example is refused (after tokenising)
+    long_uppercase = [{**r, "target": "X" * 200} if r["task"] == "uppercase" else r for r in rows]
+    (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(r) for r in long_uppercase) + "\n")
+    data = [f"data.train_files=[{tmp_path / 'all.jsonl'}]", "eval.max_examples_per_task=0"]
+    length_trains = [
+        f"output_dir={tmp_path / 'refused'}",
+        *data,
+        "model.quantization=none",
+        "data.allow_untrained=false",
+    ]
+    refused = subprocess.run(command[:4] + length_trains, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "drops every example of tasks ['uppercase'] (their targets alone do not fit): they would be exported" in (
+        refused.stderr
+    )
     assert "Scored without any training data" in (tmp_path / "out" / "eval.md").read_text()
 
 

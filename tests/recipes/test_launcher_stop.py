@@ -39,6 +39,7 @@ def commands(out: Path) -> dict[str, list[str]]:
             *finetune_args(out),
         ],
         "deepspeed": [DEEPSPEED, "--num_gpus", "2", "--master_port", port, *finetune_args(out)],
+        "torchrun": [TORCHRUN, "--nproc_per_node", "2", "--master_port", port, *finetune_args(out)],
     }  # fmt: skip
 
 
@@ -101,3 +102,15 @@ def test_a_bare_deepspeed_launcher_killed_leaves_no_rank_training(tmp_path):
     assert not survivors(out), survivors(out)
     assert len(complete_checkpoints(out)) == 1
     assert "stopped by the end of its launcher" in log.read_text()
+
+
+def test_a_bare_torchrun_passes_sigterm_on_and_exits_1_as_the_readme_says(tmp_path):
+    """torchrun forwards SIGTERM to its ranks (they checkpoint) and waits for them, then exits 1 with torch's own
+    SignalException: its code, not ours. The README row says so; this test notices if torchrun changes."""
+    out, log = tmp_path / "run", tmp_path / "log"
+    process = start(commands(out)["torchrun"], out, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 1
+    assert not survivors(out), survivors(out)
+    assert len(complete_checkpoints(out)) == 1
+    assert "SignalException" in log.read_text()
