@@ -111,7 +111,13 @@ def _read_raw(path: Path) -> datasets.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError:  # datasets' word for a directory that holds no saved dataset
+            raise DataError(
+                f"{path}: a directory, but not a dataset saved with datasets' save_to_disk (no dataset_info.json / "
+                "state.json): give a data file (.jsonl, .json, .csv, .parquet) or a saved dataset's directory"
+            ) from None
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded and len(loaded) != 1:
                 raise DataError(f"{path}: a DatasetDict with splits {list(loaded)}; point at one split's directory")

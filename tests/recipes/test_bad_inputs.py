@@ -23,6 +23,8 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "typo.json").write_text('{"zero_optimisation": {"stage": 3}}\n')
     (tmp / "zero_typo.json").write_text('{"zero_optimization": {"stage": 3, "overlap_com": true}}\n')
     (tmp / "a_file").write_text("")
+    (tmp / "not_a_dataset").mkdir()
+    (tmp / "not_a_dataset" / "notes.txt").write_text("x\n")
     tiny = (ROOT / "recipes/configs/tiny_cpu.yaml").read_text()
     (tmp / "tab.yaml").write_text(tiny.replace("  name_or_path:", "\tname_or_path:", 1))
     (tmp / "twice.yaml").write_text(tiny + "seed: 1\n")
@@ -41,7 +43,13 @@ CASES = {
     "config-with-a-tab": (["--config", "{tmp}/tab.yaml"], "{tmp}/tab.yaml:12:1: not valid YAML: found character '\\t'"),
     "config-key-twice": (["--config", "{tmp}/twice.yaml"], "key 'seed' is given twice (first on line 8)"),
     "config-not-utf8": (["--config", "{tmp}/latin1.yaml"], "{tmp}/latin1.yaml:1: not UTF-8 text (byte 0xe9)"),
+    "train-dir-not-a-dataset": (
+        ["data.train_files=[{tmp}/not_a_dataset]"],
+        "{tmp}/not_a_dataset: a directory, but not",
+    ),
     "negative-seed": (["seed=-1"], "seed must be in [0, 2**32), got -1"),
+    "zero-collective-timeout": (["train.collective_timeout_s=0"], "train.collective_timeout_s must be a finite number"),
+    "extend-shared-alone": (["train.extend_shared=true"], "train.extend_shared: true needs init_from"),
     "warmup-past-the-end": (["train.max_steps=3", "train.warmup_steps=5"], "train.warmup_steps=5 is more than train"),
     "infinite-lr": (["train.lr=.inf"], "train.lr must be a finite number > 0, got inf"),
     "eval-overlaps-train": (
