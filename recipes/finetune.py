@@ -38,7 +38,7 @@ from cgc.training import deepspeed_ops, distributed, run_identity, stall
 from cgc.training.distributed import any_rank, barrier, free_port, gathered, print0, rank0_first
 from cgc.training.loader import train_loader
 from cgc.training.optimizer import optimizer_and_schedule
-from cgc.training.preemption import Preemption
+from cgc.training.preemption import Preemption, launcher_ancestors
 from cgc.training.run_dir import RunDir, RunDirError, write_untrained
 from cgc.training.run_log import PhaseTimes, RunLog, mean_gates, write_gates
 from cgc.training.run_summary import TrainResult, run_summary
@@ -47,9 +47,11 @@ from cgc.training.target_loss import takes_logits_to_keep
 
 
 def main(argv: list[str] | None = None) -> None:
+    launchers = launcher_ancestors()  # first: a launcher may end while the model loads (cgc.training.preemption)
     inputs = load_inputs(argv)
     cfg, out = inputs.cfg, RunDir(inputs.cfg.output_dir)
     rank, world = start_process_group(inputs.ds_config, cfg.train)
+    stall.arm(cfg.train.collective_timeout_s, out.checkpoints)  # a timed-out collective: one message, exit 1
     identity = claim_output_dir(cfg, out, rank)
     resume_dir = choose_checkpoint(cfg, out, world, inputs.ds_config, identity)
     stage_note = single_rank_stage(inputs.ds_config, world, resume_dir, cfg.deepspeed.partition_single_rank)
@@ -60,13 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     loader, sampler = setup_data(cfg, inputs, model, tokenizer, world, rank)
     engine, scheduler, lr_groups = setup_engine(cfg, model, inputs.ds_config, inputs.trained_clusters)
     resumed = Resumed(ckpt.resume_step(engine, sampler, resume_dir), resume_dir, identity)
-    preempted = Preemption()  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
-    try:  # a collective that times out (a rank stopped answering) ends the run with one message
-        result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
-        finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank, sampler)
-    except RuntimeError as err:
-        stall.end_if_stalled(err, cfg.train.collective_timeout_s, out.checkpoints)
-        raise
+    preempted = Preemption(launchers)  # from here on SIGTERM/SIGINT end the current phase cleanly (see Preemption)
+    result = train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed, preempted, world)
+    finish(cfg, inputs, engine, tokenizer, result, preempted, world, rank, sampler)
     barrier()
     del keep_alive
 
@@ -176,7 +174,7 @@ def setup_data(cfg: RecipeConfig, inputs: RunInputs, model: cgc.CGCModel, tokeni
         )
     print0("\n".join(report.lines()))
     try:  # tasks max_length left without an example: refused, or (allow_untrained) not exported
-        inputs.untrained_tasks += check_tokenized_tasks(cfg, report.examples, report.dropped)
+        inputs.untrained_tasks += check_tokenized_tasks(inputs, report.examples, report.dropped)
     except cgc.CGCError as err:
         error_exit(str(err))
     s, tr = cfg.sampler, cfg.train
@@ -345,4 +343,8 @@ def export_run(model: cgc.CGCModel, out: RunDir, zero3: bool, rank: int, skip: t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as err:  # a collective that timed out (a rank stopped answering): one message, exit 1
+        stall.end_if_stalled(err)
+        raise

@@ -86,9 +86,10 @@ class TrainSection:
     warmup_steps: int = knob(0, "linear warmup steps")
     max_grad_norm: float = knob(1.0, "gradient clipping (0: off)")
     collective_timeout_s: float = knob(
-        1800,
+        1800.0,
         "a collective that waits longer ends the run with a message naming the rank that stopped answering; must "
-        "exceed the slowest legitimate wait (a checkpoint save, a first compiled step)",
+        "exceed the slowest legitimate wait of the other ranks (a checkpoint save, a first compiled step, rank 0 "
+        "tokenising or exporting alone)",
     )
     extend_shared: bool = knob(
         False,

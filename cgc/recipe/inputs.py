@@ -109,10 +109,12 @@ def check_every_task_has_data(cfg: RecipeConfig, counts: dict[str, int], tasks: 
     return untrained
 
 
-def check_tokenized_tasks(cfg: RecipeConfig, examples: dict[str, int], dropped: dict[str, int]) -> tuple[str, ...]:
-    """Tasks every example of which data.max_length dropped (their targets alone do not fit) would be exported
-    untrained as if trained: refused (ConfigError), or with data.allow_untrained a warning. -> those tasks."""
-    lost = tuple(sorted(t for t, n in examples.items() if n and dropped.get(t, 0) == n))
+def check_tokenized_tasks(inputs: RunInputs, examples: dict[str, int], dropped: dict[str, int]) -> tuple[str, ...]:
+    """Tasks this run trains every example of which data.max_length dropped (their targets alone do not fit) would
+    be exported untrained as if trained: refused (ConfigError), or with data.allow_untrained a warning. Replay of a
+    task init_from trained is not such a task (its experts are trained). -> those tasks."""
+    cfg, trained_before = inputs.cfg, inputs.growth.trained.task_map if inputs.growth else ()
+    lost = tuple(sorted(t for t, n in examples.items() if n and dropped.get(t, 0) == n and t not in trained_before))
     if lost:
         what = f"data.max_length={cfg.data.max_length} drops every example of tasks {list(lost)} (their targets "
         what += "alone do not fit)"

@@ -4,15 +4,18 @@ its ranks (launch/supervise.py), which would otherwise train on, orphaned, into 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
 import psutil
 
-# command-line words of the processes that launch ranks: DeepSpeed's runner and launch.py, torchrun, the supervisor,
-# and compare.py, whose child runs must not train on when it is stopped
-LAUNCHER_WORDS = ("deepspeed", "torchrun", "torch.distributed.run", "launch/supervise.py", "recipes/compare.py")
+# the processes that launch ranks, by their command line: DeepSpeed's runner and launch.py, torchrun, the
+# supervisor, and compare.py, whose child runs must not train on when it is stopped
+LAUNCHER_PROGRAMS = ("deepspeed", "torchrun")  # an executable's name (argv[0], or argv[1] after an interpreter)
+LAUNCHER_MODULES = ("deepspeed.launcher.launch", "deepspeed.launcher.runner", "torch.distributed.run")  # python -m
+LAUNCHER_SCRIPTS = ("launch/supervise.py", "recipes/compare.py")
 WATCH_EVERY_S = 1.0
 
 
@@ -21,11 +24,13 @@ class Preemption:
     the next step boundary and exits 0; eval stops at the next batch; export finishes. The end of any launcher
     process above this rank sets the same flag (checked every WATCH_EVERY_S by a daemon thread)."""
 
-    def __init__(self, watch_launchers: bool = True):
+    def __init__(self, launchers: list[psutil.Process] | None = None):
+        """`launchers`: the launcher processes above this rank to watch (`launcher_ancestors()`, best taken when the
+        process starts: a launcher may end while the model loads); None: look them up now."""
         self.requested, self.signal_name = False, None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
-        launchers = launcher_ancestors() if watch_launchers else []
+        launchers = launcher_ancestors() if launchers is None else launchers
         if launchers:
             threading.Thread(target=self._watch, args=(launchers,), daemon=True, name="cgc-launcher-watch").start()
 
@@ -34,12 +39,12 @@ class Preemption:
 
     def _watch(self, launchers: list[psutil.Process]) -> None:
         while True:
-            time.sleep(WATCH_EVERY_S)
             gone = [p for p in launchers if ended(p)]
             if gone:
                 self.requested = True
                 self.signal_name = self.signal_name or f"the end of its launcher (pid {gone[0].pid})"
                 return
+            time.sleep(WATCH_EVERY_S)
 
     @property
     def name(self) -> str:
@@ -48,17 +53,26 @@ class Preemption:
 
 
 def launcher_ancestors() -> list[psutil.Process]:
-    """This process's parent, grandparent, ... as long as each is a launcher (LAUNCHER_WORDS in its command line)."""
+    """This process's parent, grandparent, ... as long as each is a launcher (`is_launcher`)."""
     launchers, process = [], psutil.Process().parent()
     while process is not None:
         try:
-            if not any(word in " ".join(process.cmdline()) for word in LAUNCHER_WORDS):
+            if not is_launcher(process.cmdline()):
                 break
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             break
         launchers.append(process)
         process = process.parent()
     return launchers
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """`deepspeed ...`, `python .../torchrun ...`, `python -m deepspeed.launcher.launch ...`, `python
+    launch/supervise.py ...`: by the program, module or script a command line runs, not by any word in it."""
+    programs = [os.path.basename(a) for a in argv[:2]]
+    modules = [argv[i + 1] for i in range(min(len(argv) - 1, 3)) if argv[i] == "-m"]
+    scripts = [a for a in argv[:3] if a.endswith(LAUNCHER_SCRIPTS)]
+    return any(p in LAUNCHER_PROGRAMS for p in programs) or any(m in LAUNCHER_MODULES for m in modules) or bool(scripts)
 
 
 def ended(process: psutil.Process) -> bool:

@@ -2,19 +2,22 @@
 
 Every collective of the run has a timeout (train.collective_timeout_s, given to the process group and the side
 group). Each rank posts its last finished step to the process group's key-value store (`StepPosts`). When a
-collective times out, the ranks still there say so in the store and wait a moment for each other (their
+collective times out, the ranks still there say "alive" in the store and wait a moment for each other (their
 collectives time out at about the same time); the ranks that never say it are the ones that stopped, named with
-their last step by the lowest rank still there. The store is served by rank 0 under DeepSpeed's launcher (by
-torchrun's agent under torchrun): when rank 0 is the one that stopped, the store does not answer either, and the
-message says so. On GPUs NCCL's own watchdog may end a rank first with its message (TORCH_NCCL_ASYNC_ERROR_HANDLING).
+their last step by the lowest rank still there, which then waits for the others to finish reading (under
+DeepSpeed's launcher the store lives in rank 0's process). When rank 0 is the one that stopped, the store does not
+answer at all, and rank 1 says so. On GPUs NCCL's own watchdog will usually end the ranks first, with its message
+(TORCH_NCCL_ASYNC_ERROR_HANDLING; not run here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
@@ -49,66 +52,116 @@ class StepPosts:
                 self.store.set(f"cgc/step/{self.rank}", str(sent))
             time.sleep(POST_EVERY_S)
 
-    def roll_call(self, window_s: float) -> tuple[list[int], dict[int, int]] | None:
+    def roll_call(self, window_s: float) -> Roll:
         """After a timeout: say "alive", give the others `window_s` to say it too (their collectives time out at
-        about the same moment). -> (the ranks that said it, rank -> last posted step); None: the store does not
-        answer."""
+        about the same moment), read who did and their last steps, then say "done"."""
         if self.store is None:
-            return [self.rank], {}
-        answer = []
+            return Roll(True, [self.rank], {})
+        roll = Roll(False, [], {})
 
         def ask():
-            self.store.set(f"cgc/alive/{self.rank}", "1")
+            self.store.set_timeout(timedelta(seconds=STORE_ANSWER_S))  # a stopped server: its reads fail, not hang
+            self.store.set(f"cgc/alive/{self.rank}", "1")  # sent without waiting for an answer: the read below waits
+            roll.store_answered = self.store.check([f"cgc/alive/{self.rank}"])
             alive = [f"cgc/alive/{r}" for r in range(self.world)]
             deadline = time.monotonic() + window_s
             while time.monotonic() < deadline and not self.store.check(alive):
                 time.sleep(0.2)
             steps = [f"cgc/step/{r}" for r in range(self.world)]
-            answer.append((
-                [r for r in range(self.world) if self.store.check([alive[r]])],
-                {r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])},
-            ))  # fmt: skip
+            roll.last_steps = {
+                r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])
+            }
+            roll.alive = [r for r in range(self.world) if self.store.check([alive[r]])]
+            self.store.set(f"cgc/done/{self.rank}", "1")
 
-        asking = threading.Thread(target=ask, daemon=True, name="cgc-roll-call")
-        asking.start()
-        asking.join(window_s + STORE_ANSWER_S)
-        return answer[0] if answer else None
+        self._within(ask, window_s + STORE_ANSWER_S)
+        return roll
+
+    def wait_for(self, ranks: list[int], seconds: float) -> None:
+        """Until `ranks` have said "done" (read the store), at most `seconds`: the lowest rank serves the store
+        under DeepSpeed's launcher, and must not take it away while another rank still reads it."""
+        done = [f"cgc/done/{r}" for r in ranks]
+
+        def wait():
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not self.store.check(done):
+                time.sleep(0.2)
+
+        if self.store is not None:
+            self._within(wait, seconds + STORE_ANSWER_S)
+
+    @staticmethod
+    def _within(work, seconds: float) -> None:
+        """`work()` in a daemon thread, given up on after `seconds` (a store call may never return) or when the
+        store fails (its server gone: what was learnt before stays)."""
+
+        def quietly():
+            try:
+                work()
+            except (RuntimeError, ValueError):  # torch's DistStoreError is a RuntimeError
+                pass
+
+        thread = threading.Thread(target=quietly, daemon=True, name="cgc-roll-call")
+        thread.start()
+        thread.join(seconds)
+
+
+@dataclasses.dataclass
+class Roll:
+    store_answered: bool  # False: the store never answered (its server, rank 0 under DeepSpeed, stopped)
+    alive: list[int]  # the ranks that said "alive" within the window
+    last_steps: dict[int, int]  # rank -> its last posted step
+
+
+_ARMED: dict = {}  # what end_if_stalled needs to know about the run, set by `arm`
+
+
+def arm(timeout_s: float, checkpoints: Path) -> None:
+    """The run's collective timeout and checkpoint directory, for `end_if_stalled`."""
+    _ARMED.update(timeout_s=timeout_s, checkpoints=checkpoints)
 
 
 def is_timeout(err: BaseException) -> bool:
-    """A collective that waited past the timeout."""
-    return isinstance(err, RuntimeError) and any(word in str(err).lower() for word in TIMEOUT_WORDS)
+    """A collective of torch.distributed that waited past the timeout (not any error that mentions a timeout)."""
+    text = str(err).lower()
+    from_c10d = isinstance(err, dist.DistError) or any(w in text for w in ("gloo", "nccl", "processgroup", "c10d"))
+    return isinstance(err, RuntimeError) and from_c10d and any(word in text for word in TIMEOUT_WORDS)
 
 
-def stalled_message(roll: tuple[list[int], dict[int, int]] | None, world: int, timeout_s: float, last_whole) -> str:
-    """Who stopped answering (`roll`: StepPosts.roll_call's answer) and the last whole checkpoint, in one message."""
-    if roll is None:
+def stalled_message(roll: Roll, world: int, timeout_s: float, last_whole, err: BaseException) -> str:
+    """Who stopped answering and the last whole checkpoint, in one message (with the error's first line)."""
+    if not roll.store_answered:
         who = "rank 0 stopped answering (the rendezvous store it serves does not answer either)"
     else:
-        alive, steps = roll
-        gone = [r for r in range(world) if r not in alive]
-        last = ", ".join(f"rank {r}: step {steps.get(r, 0)}" for r in gone)
+        gone = [r for r in range(world) if r not in roll.alive]
+        last = ", ".join(f"rank {r}: step {roll.last_steps.get(r, 0)}" for r in gone)
         who = f"rank(s) {gone} stopped answering (last finished {last})" if gone else "every rank is still there"
     saved = f"the last whole checkpoint is {last_whole}" if last_whole else "no checkpoint was saved yet"
+    first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return (
         f"a collective waited more than train.collective_timeout_s={timeout_s:g} s: {who}. The job ends here; "
-        f"{saved} (resume=latest continues from it). Raise train.collective_timeout_s if a save or a first step "
-        "legitimately takes longer"
+        f"{saved} (resume=latest continues from it). Raise train.collective_timeout_s if the other ranks "
+        f"legitimately wait longer (a save, a first compiled step, rank 0 exporting alone). ({first_line})"
     )
 
 
-def end_if_stalled(err: BaseException, timeout_s: float, checkpoints: Path) -> None:
-    """When `err` is a collective's timeout: the lowest rank still there prints `stalled_message`, and every rank
-    still there ends at once (exit 1; a normal exit would wait on the process group's shutdown, which waits on the
-    rank that stopped). Otherwise return."""
-    if not is_timeout(err):
+def end_if_stalled(err: BaseException) -> None:
+    """When `err` is a collective's timeout in an armed run: one rank prints `stalled_message` (the lowest that
+    said "alive"; rank 1 when the store never answered), and every rank still there ends at once (exit 1; a normal
+    exit would wait on the process group's shutdown, which waits on the rank that stopped). Otherwise return."""
+    if not _ARMED or not dist.is_initialized() or not is_timeout(err):
         return
     from cgc.training.checkpoint import completed_steps
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    roll = StepPosts(rank, world).roll_call(window_s=min(max(5.0, timeout_s / 2), 60.0))
-    if roll is None or rank == min(roll[0]):
-        steps = completed_steps(checkpoints)
-        last = checkpoints / f"step_{steps[-1]}" if steps else None
-        print(f"cgc: {stalled_message(roll, world, timeout_s, last)}", file=sys.stderr, flush=True)
+    rank, world, timeout_s = dist.get_rank(), dist.get_world_size(), _ARMED["timeout_s"]
+    posts = StepPosts(rank, world)
+    window = min(max(5.0, timeout_s / 2), 60.0)
+    roll = posts.roll_call(window)
+    speaks = rank == 1 if not roll.store_answered else bool(roll.alive) and rank == min(roll.alive)
+    if speaks:
+        steps = completed_steps(_ARMED["checkpoints"])
+        last = _ARMED["checkpoints"] / f"step_{steps[-1]}" if steps else None
+        print(f"cgc: {stalled_message(roll, world, timeout_s, last, err)}", file=sys.stderr, flush=True)
+        if roll.store_answered:
+            posts.wait_for([r for r in roll.alive if r != rank], window)
     os._exit(1)

@@ -140,3 +140,16 @@ def test_a_master_port_in_use_is_named_with_a_free_one(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"the master port 127.0.0.1:{port} is already in use" in result.stderr and "--master_port " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_supervisor_kills_and_names_what_outlives_its_launcher(tmp_path):
+    """A process the launcher started in a session of its own (as torchrun starts its ranks) and left behind is
+    still found (the supervisor is its subreaper), named and killed after the grace time."""
+    pid_file = tmp_path / "pid"
+    launcher = f"setsid sleep 300 & echo $! > {pid_file}; exit 0"
+    env = {**os.environ, "CGC_LEFTOVER_GRACE_S": "2"}
+    command = [sys.executable, "launch/supervise.py", "bash", "-c", launcher]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    left = int(pid_file.read_text())
+    assert result.returncode == 0 and f"processes [{left}] of the job outlived its launcher by 2 s" in result.stderr
+    assert not Path(f"/proc/{left}").exists()  # killed and reaped

@@ -13,13 +13,17 @@ from tests.recipes.test_finetune import command
 from tests.recipes.test_launcher_stop import no_leftovers, survivors  # noqa: F401  (no_leftovers: a fixture)
 
 
-@pytest.mark.parametrize("stopped", [1, 0])
-def test_a_stopped_rank_is_named_and_the_job_ends(tmp_path, stopped):
+@pytest.mark.parametrize(("world", "stopped"), [(2, 1), (2, 0), (3, 1)])
+def test_a_stopped_rank_is_named_and_the_job_ends(tmp_path, world, stopped):
+    """3 ranks: two survivors, still one message (the other stays quiet and the store outlives its reading)."""
     out, log = tmp_path / "run", tmp_path / "log"
     overrides = ["train.max_steps=500", "train.save_every=2", "eval.max_examples_per_task=0"]
     with open(log, "w") as sink:
         launcher = subprocess.Popen(
-            command(out, *overrides, "train.collective_timeout_s=10"), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT
+            command(out, *overrides, "train.collective_timeout_s=10", launcher_args=("--num_gpus", str(world))),
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     metrics, deadline = out / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -32,7 +36,7 @@ def test_a_stopped_rank_is_named_and_the_job_ends(tmp_path, stopped):
     waited, output = time.time() - started, log.read_text()
     messages = [line for line in output.splitlines() if "a collective waited more than" in line]
     assert len(messages) == 1, output[-3000:]
-    who = "rank(s) [1] stopped answering (last finished rank 1: step" if stopped else "rank 0 stopped answering"
+    who = f"rank(s) [{stopped}] stopped answering (last finished rank {stopped}: step" if stopped else "rank 0 stopped"
     assert who in messages[0] and f"the last whole checkpoint is {out}/checkpoints/step_" in messages[0]
     assert "Traceback" not in output and 10 <= waited < 120
     assert not survivors(out)
