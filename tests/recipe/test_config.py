@@ -1,6 +1,7 @@
 """Recipe configs: every shipped YAML loads, overrides parse as YAML, bad configs list every problem."""
 
 import pytest
+import yaml
 
 from cgc.adapter.config import CGCLoraConfig
 from cgc.recipe.config import ConfigError, load_recipe_config
@@ -129,3 +130,14 @@ def test_yaml_merge_keys_load_and_a_key_given_twice_is_named_with_both_lines(tmp
     twice.write_text("a: 1\nb:\n  c: 1\n  c: 2\n")
     with pytest.raises(ConfigError, match=r"twice.yaml:4:3: not valid YAML: key 'c' is given twice \(first on line 3"):
         read_yaml(twice)
+
+
+def test_a_config_written_out_and_read_back_is_the_same_run(tmp_path):
+    """compare.py keeps a finished child run only if its config read back equals the one it would write now: a
+    default whose type the loader changes (1800 read back as 1800.0) would make every old run look different."""
+    from cgc.recipe.child_runs import flat
+
+    config = load_recipe_config("recipes/configs/tiny_cpu.yaml", [])
+    (tmp_path / "written.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    read_back = load_recipe_config(tmp_path / "written.yaml", [])
+    assert flat(read_back.to_dict()) == flat(config.to_dict())
