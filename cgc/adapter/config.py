@@ -212,13 +212,16 @@ class CGCLoraConfig:
         return merged
 
     def num_experts(self, cluster: str) -> int:
-        """S + K * |T_c|: experts stored for one cluster on every adapted layer."""
-        return self.num_shared_experts + self.num_task_experts * len(self.clusters[cluster])
+        """S + K * |T_c|: experts stored for one cluster on every adapted layer (an extension, `extends`, stores
+        its tasks' K each only: its shared experts are the extended cluster's)."""
+        shared = 0 if cluster in self.extends else self.num_shared_experts
+        return shared + self.num_task_experts * len(self.clusters[cluster])
 
     def cluster_rank(self, cluster: str) -> int:
-        """S*r_shared + K*r_task*|T_c|: the rank of all of a cluster's experts on one layer."""
-        K, tasks = self.num_task_experts, len(self.clusters[cluster])
-        return self.num_shared_experts * self.shared_rank + K * self.task_rank * tasks
+        """S*r_shared + K*r_task*|T_c|: the rank of all of a cluster's stored experts on one layer (an extension
+        stores no shared rows)."""
+        shared = 0 if cluster in self.extends else self.shared_rows()
+        return shared + self.num_task_experts * self.task_rank * len(self.clusters[cluster])
 
     # ---- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -210,3 +210,16 @@ def test_extend_shared_trains_the_shared_experts_only_and_leaves_other_clusters_
         for task, same in (("synonym", True), ("antonym", True), ("add", False)):
             out = (model(input_ids=x, task_ids=[task] * 6).logits, grown(input_ids=x, task_ids=[task] * 6).logits)
             assert torch.equal(*out) == same, task
+
+
+def test_a_grown_config_counts_only_the_experts_it_stores():
+    """An extension stores its tasks' own experts only: the counts a comparison reports match the tensors."""
+    from cgc.adapter.presets import method_shape
+
+    grown = grow(make_config(), make_config(clusters=WANTED))
+    model = cgc.attach(tiny_llama(), grown)
+    layer = next(iter(model.adapted_layers().values()))
+    shape = method_shape(grown)
+    assert shape["total_rank"] == sum(e.lora_A.shape[0] for e in layer.experts.values())
+    S = grown.num_shared_experts  # an extension's stack starts after the shared experts it does not store
+    assert shape["experts_per_layer"] == sum(e.num_experts - (S if e.offset else 0) for e in layer.experts.values())
