@@ -36,22 +36,23 @@ LEFTOVER_GRACE_S = float(os.environ.get("CGC_LEFTOVER_GRACE_S", "30"))
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
-def parents() -> dict[int, int]:
-    """pid -> parent pid of every process (from /proc/<pid>/stat: the field after the command's closing paren)."""
+def parents(zombies: bool = False) -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc/<pid>/stat: the field after the command's closing paren);
+    `zombies`: also those that ended and wait for their parent to collect them."""
     table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
-            if fields[0] != "Z":  # a zombie has ended: only its parent's wait is left
+            if zombies or fields[0] != "Z":
                 table[int(stat.parent.name)] = int(fields[1])
         except (OSError, IndexError, ValueError):
             continue
     return table
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below `root` (children first, then theirs)."""
-    table, found, frontier = parents(), [], [root]
+def descendants(root: int, zombies: bool = False) -> list[int]:
+    """Every live process below `root` (children first, then theirs); with `zombies`, the ended ones too."""
+    table, found, frontier = parents(zombies), [], [root]
     while frontier:
         children = [c for c, p in table.items() if p in frontier]
         found += children
@@ -142,11 +143,12 @@ def supervise(command: list[str]) -> int:
 
 
 def wait_until_gone(me: int, seconds: float) -> list[int]:
-    """Reap our descendants as they end, for at most `seconds`. -> those still alive then."""
+    """Reap our descendants as they end (ended ones count until collected: orphans are ours to collect), for at
+    most `seconds`. -> those still there then."""
     deadline = time.monotonic() + seconds
     while True:
         reap()
-        left = descendants(me)
+        left = descendants(me, zombies=True)
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.2)
