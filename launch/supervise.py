@@ -50,9 +50,9 @@ def parents(zombies: bool = False) -> dict[int, int]:
     return table
 
 
-def descendants(root: int, zombies: bool = False) -> list[int]:
-    """Every live process below `root` (children first, then theirs); with `zombies`, the ended ones too."""
-    table, found, frontier = parents(zombies), [], [root]
+def descendants(root: int, table: dict[int, int] | None = None) -> list[int]:
+    """Every process below `root` in `table` (`parents()`, read now when not given), children first."""
+    table, found, frontier = parents() if table is None else table, [], [root]
     while frontier:
         children = [c for c, p in table.items() if p in frontier]
         found += children
@@ -73,7 +73,7 @@ def ranks_below(root: int) -> list[int]:
     """The rank processes below `root`: LOCAL_RANK in their environment and not in their parent's (a rank's own
     children, e.g. data-loader workers, inherit it and end with their rank)."""
     table = parents()
-    return [p for p in descendants(root) if has_rank_env(p) and not has_rank_env(table.get(p, 0))]
+    return [p for p in descendants(root, table) if has_rank_env(p) and not has_rank_env(table.get(p, 0))]
 
 
 def send(pids: list[int], sig: signal.Signals) -> None:
@@ -148,7 +148,7 @@ def wait_until_gone(me: int, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while True:
         reap()
-        left = descendants(me, zombies=True)
+        left = descendants(me, parents(zombies=True))
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.2)

@@ -20,7 +20,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -104,8 +103,7 @@ def start_process_group(ds_config: dict, train) -> tuple[int, int]:
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
     try:
-        timeout = timedelta(seconds=train.collective_timeout_s)
-        init = lambda backend: deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # noqa: E731
+        init = lambda backend, **timeout: deepspeed.init_distributed(dist_backend=backend, **timeout)  # noqa: E731
         return distributed.start_process_group(init, train.collective_timeout_s)
     except distributed.PortInUseError as err:
         error_exit(str(err))

@@ -59,16 +59,17 @@ def local_device() -> torch.device:
 
 def start_process_group(init=None, timeout_s: float | None = None) -> tuple[int, int]:
     """Select this rank's GPU before anything touches CUDA, start the process group (nccl on GPUs, gloo on CPU
-    ranks) with `init(backend)` (default `torch.distributed.init_process_group`; the recipe passes DeepSpeed's,
-    with its collective timeout), then create the side group for the collectives below, with `timeout_s` (None:
-    torch's default). -> (rank, world size)"""
+    ranks) with `init(backend)` (default `torch.distributed.init_process_group`; the recipe passes DeepSpeed's),
+    then create the side group for the collectives below; both with `timeout_s` per collective (None: torch's
+    default), given to `init` as `timeout=`. -> (rank, world size)"""
     device = local_device()
     if device.type == "cuda":
         # Before init: NCCL binds each rank's communicator to the current device, and bitsandbytes quantizes on
         # it. Without this every local rank would put its CUDA context and its model on GPU 0.
         torch.cuda.set_device(device)
     try:
-        (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo")
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        (init or dist.init_process_group)("nccl" if device.type == "cuda" else "gloo", **timeout)
     except RuntimeError as err:  # torch's DistNetworkError among them
         if "address already in use" not in str(err).lower() and "eaddrinuse" not in str(err).lower():
             raise

@@ -48,7 +48,7 @@ SAVED_BEFORE = {f"cgc.{key}": value for key, value in CGC_SAVED_BEFORE.items()} 
     "init_from": None,
     "init_from_path": None,
     "train.extend_shared": False,
-    "train.collective_timeout_s": 1800.0,  # torch's default for gloo, which runs before it had
+    "train.collective_timeout_s": 1800.0,  # torch's default (30 min), which runs before the key ran under
 }
 DERIVED = ("cgc.tasks",)  # keys whose value follows from others, which identities before them lack
 # What to do about a refused difference, where there is more to say than "resume with the checkpoint's settings".

@@ -49,8 +49,17 @@ class StepPosts:
         while True:
             if self.latest != sent:
                 sent = self.latest
-                self.store.set(f"cgc/step/{self.rank}", str(sent))
+                try:
+                    self.store.set(f"cgc/step/{self.rank}", str(sent))
+                except RuntimeError:  # the store is gone (its rank ended or stopped): nothing left to post to
+                    return
             time.sleep(POST_EVERY_S)
+
+    def _until_set(self, keys: list[str], seconds: float) -> None:
+        """Poll the store until every key of `keys` is set, at most `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.store.check(keys):
+            time.sleep(0.2)
 
     def roll_call(self, window_s: float) -> Roll:
         """After a timeout: say "alive", give the others `window_s` to say it too (their collectives time out at
@@ -64,9 +73,7 @@ class StepPosts:
             self.store.set(f"cgc/alive/{self.rank}", "1")  # sent without waiting for an answer: the read below waits
             roll.store_answered = self.store.check([f"cgc/alive/{self.rank}"])
             alive = [f"cgc/alive/{r}" for r in range(self.world)]
-            deadline = time.monotonic() + window_s
-            while time.monotonic() < deadline and not self.store.check(alive):
-                time.sleep(0.2)
+            self._until_set(alive, window_s)
             steps = [f"cgc/step/{r}" for r in range(self.world)]
             roll.last_steps = {
                 r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])
@@ -80,15 +87,9 @@ class StepPosts:
     def wait_for(self, ranks: list[int], seconds: float) -> None:
         """Until `ranks` have said "done" (read the store), at most `seconds`: the lowest rank serves the store
         under DeepSpeed's launcher, and must not take it away while another rank still reads it."""
-        done = [f"cgc/done/{r}" for r in ranks]
-
-        def wait():
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and not self.store.check(done):
-                time.sleep(0.2)
-
         if self.store is not None:
-            self._within(wait, seconds + STORE_ANSWER_S)
+            done = [f"cgc/done/{r}" for r in ranks]
+            self._within(lambda: self._until_set(done, seconds), seconds + STORE_ANSWER_S)
 
     @staticmethod
     def _within(work, seconds: float) -> None:
