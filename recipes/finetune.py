@@ -255,6 +255,7 @@ def train(cfg, engine, scheduler, lr_groups, loader, sampler, resumed: Resumed, 
             print0(f"\nstopped by {preempted.name} at step {step}; checkpoint: {saved}")
             break
     progress.close()
+    posts.close()  # the poster leaves the store before any rank can exit (and rank 0 take the store with it)
     if last_saved != step:
         save(step)
     log.close()

@@ -12,6 +12,7 @@ answer at all, and rank 1 says so. On GPUs NCCL's own watchdog will usually end 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -35,7 +36,7 @@ class StepPosts:
     def __init__(self, rank: int, world: int):
         self.rank, self.world, self.latest = rank, world, None
         self.store = dist.distributed_c10d._get_default_store() if world > 1 else None
-        self.poster = None
+        self.poster, self._stop = None, threading.Event()
 
     def post(self, step: int) -> None:
         """Record `step`; a daemon thread sends the newest one every POST_EVERY_S (no store round trip per step)."""
@@ -43,17 +44,26 @@ class StepPosts:
         if self.poster is None and self.store is not None:
             self.poster = threading.Thread(target=self._send_posts, daemon=True, name="cgc-step-posts")
             self.poster.start()
+            atexit.register(self.close)  # whatever way the rank exits, unless by os._exit
+
+    def close(self) -> None:
+        """Stop posting and wait for the poster to leave the store. A daemon thread still inside a store call when
+        the interpreter finalizes aborts the process as the call returns ("terminate called without an active
+        exception": the thread is ended while torch's C++ frame retakes the GIL), turning a clean exit into -6."""
+        self._stop.set()
+        if self.poster is not None:
+            self.poster.join(STORE_ANSWER_S)
 
     def _send_posts(self) -> None:
         sent = None
-        while True:
+        while not self._stop.is_set():
             if self.latest != sent:
                 sent = self.latest
                 try:
                     self.store.set(f"cgc/step/{self.rank}", str(sent))
                 except RuntimeError:  # the store is gone (its rank ended or stopped): nothing left to post to
                     return
-            time.sleep(POST_EVERY_S)
+            self._stop.wait(POST_EVERY_S)
 
     def _until_set(self, keys: list[str], seconds: float) -> None:
         """Poll the store until every key of `keys` is set, at most `seconds`."""
