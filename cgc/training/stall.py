@@ -5,9 +5,10 @@ group). Each rank posts its last finished step to the process group's key-value 
 collective times out, the ranks still there say "alive" in the store and wait a moment for each other (their
 collectives time out at about the same time); the ranks that never say it are the ones that stopped, named with
 their last step by the lowest rank still there, which then waits for the others to finish reading (under
-DeepSpeed's launcher the store lives in rank 0's process). When rank 0 is the one that stopped, the store does not
-answer at all, and rank 1 says so. On GPUs NCCL's own watchdog will usually end the ranks first, with its message
-(TORCH_NCCL_ASYNC_ERROR_HANDLING; not run here).
+DeepSpeed's launcher the store lives in rank 0's process). Rank 0 always speaks when it is there, whatever its roll
+call learnt in time: a silent rank 0 would take the store down and leave the others nothing to read. When rank 0
+is the one that stopped, the store does not answer at all, and rank 1 says so. On GPUs NCCL's own watchdog will
+usually end the ranks first, with its message (TORCH_NCCL_ASYNC_ERROR_HANDLING; not run here).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class StepPosts:
         """After a timeout: say "alive", give the others `window_s` to say it too (their collectives time out at
         about the same moment), read who did and their last steps, then say "done"."""
         if self.store is None:
-            return Roll(True, [self.rank], {})
-        roll = Roll(False, [], {})
+            return Roll(True, [self.rank], {}, complete=True)
+        roll = Roll(False, [], {}, complete=False)
 
         def ask():
             self.store.set_timeout(timedelta(seconds=STORE_ANSWER_S))  # a stopped server: its reads fail, not hang
@@ -89,6 +90,7 @@ class StepPosts:
                 r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])
             }
             roll.alive = [r for r in range(self.world) if self.store.check([alive[r]])]
+            roll.complete = True
             self.store.set(f"cgc/done/{self.rank}", "1")
 
         self._within(ask, window_s + STORE_ANSWER_S)
@@ -122,6 +124,17 @@ class Roll:
     store_answered: bool  # False: the store never answered (its server, rank 0 under DeepSpeed, stopped)
     alive: list[int]  # the ranks that said "alive" within the window
     last_steps: dict[int, int]  # rank -> its last posted step
+    complete: bool = True  # False: the roll call did not finish in time (alive and last_steps may be partial)
+
+    def speaker(self, rank: int) -> bool:
+        """Whether `rank` prints the message: rank 0 whenever it is there (the lowest rank, and under DeepSpeed's
+        launcher the store's host, whose silent exit would leave the others nothing to read); rank 1 when the store
+        never answered (rank 0 stopped with it); otherwise the lowest rank a finished roll call found alive."""
+        if rank == 0:
+            return True
+        if not self.store_answered:
+            return rank == 1
+        return self.complete and bool(self.alive) and rank == min(self.alive)
 
 
 _ARMED: dict = {}  # what end_if_stalled needs to know about the run, set by `arm`
@@ -139,14 +152,18 @@ def is_timeout(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and from_c10d and any(word in text for word in TIMEOUT_WORDS)
 
 
-def stalled_message(roll: Roll, world: int, timeout_s: float, last_whole, err: BaseException) -> str:
-    """Who stopped answering and the last whole checkpoint, in one message (with the error's first line)."""
-    if not roll.store_answered:
+def stalled_message(
+    roll: Roll, world: int, timeout_s: float, last_whole, err: BaseException, rank: int | None = None
+) -> str:
+    """Who stopped answering and the last whole checkpoint, in one message (with the error's first line), as
+    `rank` (the speaker, alive by definition) tells it."""
+    if not roll.store_answered and rank != 0:
         who = "rank 0 stopped answering (the rendezvous store it serves does not answer either)"
     else:
-        gone = [r for r in range(world) if r not in roll.alive]
+        gone = [r for r in range(world) if r not in roll.alive and r != rank]
         last = ", ".join(f"rank {r}: step {roll.last_steps.get(r, 0)}" for r in gone)
-        who = f"rank(s) {gone} stopped answering (last finished {last})" if gone else "every rank is still there"
+        verb = "stopped answering" if roll.complete else "did not answer a roll call that did not finish in time"
+        who = f"rank(s) {gone} {verb} (last finished {last})" if gone else "every rank is still there"
     saved = f"the last whole checkpoint is {last_whole}" if last_whole else "no checkpoint was saved yet"
     first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return (
@@ -157,9 +174,9 @@ def stalled_message(roll: Roll, world: int, timeout_s: float, last_whole, err: B
 
 
 def end_if_stalled(err: BaseException) -> None:
-    """When `err` is a collective's timeout in an armed run: one rank prints `stalled_message` (the lowest that
-    said "alive"; rank 1 when the store never answered), and every rank still there ends at once (exit 1; a normal
-    exit would wait on the process group's shutdown, which waits on the rank that stopped). Otherwise return."""
+    """When `err` is a collective's timeout in an armed run: one rank prints `stalled_message` (`Roll.speaker`),
+    and every rank still there ends at once (exit 1; a normal exit would wait on the process group's shutdown,
+    which waits on the rank that stopped). Otherwise return."""
     if not _ARMED or not dist.is_initialized() or not is_timeout(err):
         return
     from cgc.training.checkpoint import completed_steps
@@ -168,11 +185,10 @@ def end_if_stalled(err: BaseException) -> None:
     posts = StepPosts(rank, world)
     window = min(max(5.0, timeout_s / 2), 60.0)
     roll = posts.roll_call(window)
-    speaks = rank == 1 if not roll.store_answered else bool(roll.alive) and rank == min(roll.alive)
-    if speaks:
+    if roll.speaker(rank):
         steps = completed_steps(_ARMED["checkpoints"])
         last = _ARMED["checkpoints"] / f"step_{steps[-1]}" if steps else None
-        print(f"cgc: {stalled_message(roll, world, timeout_s, last, err)}", file=sys.stderr, flush=True)
+        print(f"cgc: {stalled_message(roll, world, timeout_s, last, err, rank)}", file=sys.stderr, flush=True)
         if roll.store_answered:
             posts.wait_for([r for r in roll.alive if r != rank], window)
     os._exit(1)
