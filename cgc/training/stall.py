@@ -74,27 +74,26 @@ class StepPosts:
 
     def roll_call(self, window_s: float) -> Roll:
         """After a timeout: say "alive", give the others `window_s` to say it too (their collectives time out at
-        about the same moment), read who did and their last steps, then say "done"."""
+        about the same moment), read who did and their last steps, then say "done". A roll call that does not
+        finish within `window_s` + STORE_ANSWER_S comes back incomplete: nothing of what it half read."""
         if self.store is None:
             return Roll(True, [self.rank], {}, complete=True)
-        roll = Roll(False, [], {}, complete=False)
+        answered, finished = [], []  # appended by the worker thread (atomic), which may outlive the wait
 
         def ask():
             self.store.set_timeout(timedelta(seconds=STORE_ANSWER_S))  # a stopped server: its reads fail, not hang
             self.store.set(f"cgc/alive/{self.rank}", "1")  # sent without waiting for an answer: the read below waits
-            roll.store_answered = self.store.check([f"cgc/alive/{self.rank}"])
+            answered.append(self.store.check([f"cgc/alive/{self.rank}"]))
             alive = [f"cgc/alive/{r}" for r in range(self.world)]
             self._until_set(alive, window_s)
             steps = [f"cgc/step/{r}" for r in range(self.world)]
-            roll.last_steps = {
-                r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])
-            }
-            roll.alive = [r for r in range(self.world) if self.store.check([alive[r]])]
-            roll.complete = True
+            last_steps = {r: int(self.store.get(steps[r])) for r in range(self.world) if self.store.check([steps[r]])}
+            seen = [r for r in range(self.world) if self.store.check([alive[r]])]
+            finished.append(Roll(True, seen, last_steps, complete=True))
             self.store.set(f"cgc/done/{self.rank}", "1")
 
         self._within(ask, window_s + STORE_ANSWER_S)
-        return roll
+        return finished[0] if finished else Roll(any(answered), [], {}, complete=False)
 
     def wait_for(self, ranks: list[int], seconds: float) -> None:
         """Until `ranks` have said "done" (read the store), at most `seconds`: the lowest rank serves the store
@@ -121,15 +120,17 @@ class StepPosts:
 
 @dataclasses.dataclass
 class Roll:
-    store_answered: bool  # False: the store never answered (its server, rank 0 under DeepSpeed, stopped)
-    alive: list[int]  # the ranks that said "alive" within the window
-    last_steps: dict[int, int]  # rank -> its last posted step
-    complete: bool = True  # False: the roll call did not finish in time (alive and last_steps may be partial)
+    store_answered: bool  # False: the store never answered (on ranks > 0: its server, rank 0 under DeepSpeed, stopped)
+    alive: list[int]  # the ranks that said "alive" within the window ([] when incomplete)
+    last_steps: dict[int, int]  # rank -> its last posted step ({} when incomplete)
+    complete: bool  # False: the roll call did not finish in time, and what it learnt is unknown
 
     def speaker(self, rank: int) -> bool:
-        """Whether `rank` prints the message: rank 0 whenever it is there (the lowest rank, and under DeepSpeed's
-        launcher the store's host, whose silent exit would leave the others nothing to read); rank 1 when the store
-        never answered (rank 0 stopped with it); otherwise the lowest rank a finished roll call found alive."""
+        """Whether `rank` prints the message: rank 0 whenever it is there (the lowest rank: a job that ends must
+        say why, even when rank 0's own roll call did not finish); rank 1 when the store never answered (rank 0
+        stopped with it); otherwise the lowest rank a finished roll call found alive. Two ranks print only when
+        the roll calls disagree: rank 0 alive but its store silent to rank 1, or rank 0 saying "alive" too late
+        for rank 2's window (rank 2 then names rank 0 as stopped)."""
         if rank == 0:
             return True
         if not self.store_answered:
@@ -152,18 +153,17 @@ def is_timeout(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and from_c10d and any(word in text for word in TIMEOUT_WORDS)
 
 
-def stalled_message(
-    roll: Roll, world: int, timeout_s: float, last_whole, err: BaseException, rank: int | None = None
-) -> str:
+def stalled_message(roll: Roll, world: int, timeout_s: float, last_whole, err: BaseException, rank: int) -> str:
     """Who stopped answering and the last whole checkpoint, in one message (with the error's first line), as
     `rank` (the speaker, alive by definition) tells it."""
     if not roll.store_answered and rank != 0:
         who = "rank 0 stopped answering (the rendezvous store it serves does not answer either)"
+    elif not roll.complete:
+        who = "a rank stopped answering; which one is not known (the roll call through the store did not finish)"
     else:
-        gone = [r for r in range(world) if r not in roll.alive and r != rank]
+        gone = [r for r in range(world) if r not in roll.alive]
         last = ", ".join(f"rank {r}: step {roll.last_steps.get(r, 0)}" for r in gone)
-        verb = "stopped answering" if roll.complete else "did not answer a roll call that did not finish in time"
-        who = f"rank(s) {gone} {verb} (last finished {last})" if gone else "every rank is still there"
+        who = f"rank(s) {gone} stopped answering (last finished {last})" if gone else "every rank is still there"
     saved = f"the last whole checkpoint is {last_whole}" if last_whole else "no checkpoint was saved yet"
     first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return (

@@ -1,45 +1,84 @@
-"""Who names a stopped rank (cgc.training.stall.Roll.speaker) and what the message says, for the roll calls a
-timeout can leave: finished, unfinished in time, or with a store that never answered."""
+"""Who names a stopped rank (cgc.training.stall) and what the message says, for the roll calls a timeout can
+leave: finished, unfinished in time, or with a store that never answered."""
 
-from cgc.training.stall import Roll, stalled_message
+import threading
 
+from cgc.training import stall
+from cgc.training.stall import Roll, StepPosts, stalled_message
 
-def speakers(roll_of: dict[int, Roll]) -> list[int]:
-    return [rank for rank, roll in roll_of.items() if roll.speaker(rank)]
-
-
-def test_one_speaker_when_every_roll_call_finishes():
-    """3 ranks, rank 1 stopped: ranks 0 and 2 both saw 0 and 2 alive; only rank 0 speaks."""
-    seen = Roll(True, [0, 2], {0: 4, 1: 2, 2: 4}, complete=True)
-    assert speakers({0: seen, 2: seen}) == [0]
+TIMEOUT = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 10000ms for recv")
 
 
-def test_rank_0_speaks_even_when_its_roll_call_did_not_finish():
-    """Rank 0 must never leave silently: it takes the store (and so the others' reading) with it."""
-    unfinished = Roll(True, [], {}, complete=False)
-    finished = Roll(True, [0, 2], {0: 4, 1: 2, 2: 4}, complete=True)
-    assert speakers({0: unfinished, 2: finished}) == [0]
-    message = stalled_message(unfinished, 3, 10, None, RuntimeError("gloo: Timed out waiting 10000ms"), rank=0)
-    assert "rank(s) [1, 2] did not answer a roll call that did not finish in time" in message
-    assert "rank 0 stopped" not in message and "no checkpoint was saved yet" in message
+class Store:
+    """An in-memory stand-in for the process group's store; `hang_on_get` never answers a get (a stalled server)."""
+
+    def __init__(self, keys: dict[str, str], hang_on_get: bool = False):
+        self.keys, self.hang_on_get, self.released = dict(keys), hang_on_get, threading.Event()
+
+    def set_timeout(self, _):
+        pass
+
+    def set(self, key, value):
+        self.keys[key] = value
+
+    def check(self, keys):
+        return all(k in self.keys for k in keys)
+
+    def get(self, key):
+        if self.hang_on_get:
+            self.released.wait()
+        return self.keys[key].encode()
 
 
-def test_a_rank_whose_roll_call_broke_off_stays_quiet():
-    """Rank 2 lost the store halfway (rank 0 ended): it cannot know who else is there and says nothing."""
-    assert not Roll(True, [], {}, complete=False).speaker(2)
+def posts_of(rank: int, world: int, store: Store) -> StepPosts:
+    posts = StepPosts(rank, 1)  # no process group here: the store is given
+    posts.world, posts.store = world, store
+    return posts
+
+
+def test_a_finished_roll_call_names_the_silent_rank_and_its_last_step():
+    """3 ranks, rank 1 stopped after step 2: rank 0's roll call sees 0 and 2, reads every posted step, says done."""
+    store = Store({"cgc/alive/2": "1", "cgc/step/0": "4", "cgc/step/1": "2", "cgc/step/2": "4"})
+    roll = posts_of(0, 3, store).roll_call(window_s=0.3)
+    assert roll == Roll(True, [0, 2], {0: 4, 1: 2, 2: 4}, complete=True)
+    assert store.check(["cgc/done/0"]) and roll.speaker(0) and not roll.speaker(2)
+    message = stalled_message(roll, 3, 10, "ckpt/step_4", TIMEOUT, rank=0)
+    assert "rank(s) [1] stopped answering (last finished rank 1: step 2)" in message
+    assert "the last whole checkpoint is ckpt/step_4" in message and "Timed out waiting 10000ms" in message
+
+
+def test_a_roll_call_that_does_not_finish_in_time_comes_back_incomplete(monkeypatch):
+    """The store stops answering halfway: the roll call gives up after its window plus STORE_ANSWER_S and
+    returns nothing it half read; rank 0 still speaks (saying it does not know who), rank 2 stays quiet."""
+    monkeypatch.setattr(stall, "STORE_ANSWER_S", 0.3)
+    store = Store({"cgc/alive/2": "1", "cgc/step/1": "2"}, hang_on_get=True)
+    roll = posts_of(0, 3, store).roll_call(window_s=0.3)
+    store.released.set()  # let the abandoned worker end
+    assert roll == Roll(True, [], {}, complete=False)
+    assert roll.speaker(0) and not roll.speaker(2)
+    message = stalled_message(roll, 3, 10, None, TIMEOUT, rank=0)
+    assert "which one is not known" in message and "no checkpoint was saved yet" in message
+    assert "rank(s)" not in message  # names no rank, alive or not
 
 
 def test_rank_1_speaks_when_the_store_never_answered():
     """Rank 0 stopped and the store it serves with it: rank 1 names it, rank 2 stays quiet."""
     silent = Roll(False, [], {}, complete=False)
-    assert speakers({1: silent, 2: silent}) == [1]
-    message = stalled_message(silent, 3, 10, "ckpt/step_4", RuntimeError("Timed out"), rank=1)
+    assert [rank for rank in (1, 2) if silent.speaker(rank)] == [1]
+    message = stalled_message(silent, 3, 10, "ckpt/step_4", TIMEOUT, rank=1)
     assert "rank 0 stopped answering" in message and "the last whole checkpoint is ckpt/step_4" in message
 
 
 def test_the_lowest_rank_alive_speaks_when_rank_0_never_joined_the_roll_call():
-    """Rank 0 is hung elsewhere (not in the roll call): rank 2, the lowest alive, names 0 and 1."""
-    roll = Roll(True, [2], {0: 3, 1: 2, 2: 4}, complete=True)
-    assert roll.speaker(2)
-    message = stalled_message(roll, 3, 10, None, RuntimeError("Timed out"), rank=2)
+    """Rank 0 is hung elsewhere (not in the roll call): rank 2's finished roll call finds only itself; it speaks."""
+    store = Store({"cgc/step/0": "3", "cgc/step/1": "2", "cgc/step/2": "4"})
+    roll = posts_of(2, 3, store).roll_call(window_s=0.3)
+    assert roll.complete and roll.alive == [2] and roll.speaker(2)
+    message = stalled_message(roll, 3, 10, None, TIMEOUT, rank=2)
     assert "rank(s) [0, 1] stopped answering (last finished rank 0: step 3, rank 1: step 2)" in message
+
+
+def test_an_unfinished_roll_call_keeps_every_rank_but_0_quiet():
+    """A rank > 0 that lost the store halfway cannot know who else is there: it says nothing."""
+    unfinished = Roll(True, [], {}, complete=False)
+    assert [rank for rank in (0, 1, 2) if unfinished.speaker(rank)] == [0]
