@@ -6,7 +6,7 @@ collective times out, the ranks still there say "alive" in the store and wait a 
 collectives time out at about the same time); the ranks that never say it are the ones that stopped, named with
 their last step by the lowest rank still there, which then waits for the others to finish reading (under
 DeepSpeed's launcher the store lives in rank 0's process). Rank 0 always speaks when it is there, whatever its roll
-call learnt in time: a silent rank 0 would take the store down and leave the others nothing to read. When rank 0
+call learnt in time: a job that ends must say why (an unfinished roll call names no rank). When rank 0
 is the one that stopped, the store does not answer at all, and rank 1 says so. On GPUs NCCL's own watchdog will
 usually end the ranks first, with its message (TORCH_NCCL_ASYNC_ERROR_HANDLING; not run here).
 """

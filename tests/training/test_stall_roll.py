@@ -3,34 +3,37 @@ leave: finished, unfinished in time, or with a store that never answered."""
 
 import threading
 
+import torch.distributed as dist
+
 from cgc.training import stall
 from cgc.training.stall import Roll, StepPosts, stalled_message
 
 TIMEOUT = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 10000ms for recv")
 
 
-class Store:
-    """An in-memory stand-in for the process group's store; `hang_on_get` never answers a get (a stalled server)."""
+def store_with(keys: dict[str, str]):
+    """torch's in-memory store (the API of the process group's TCPStore) holding `keys`."""
+    store = dist.HashStore()
+    for key, value in keys.items():
+        store.set(key, value)
+    return store
 
-    def __init__(self, keys: dict[str, str], hang_on_get: bool = False):
-        self.keys, self.hang_on_get, self.released = dict(keys), hang_on_get, threading.Event()
 
-    def set_timeout(self, _):
-        pass
+class HangingGets:
+    """`store`, except that a get never answers until released (a server that stalls halfway)."""
 
-    def set(self, key, value):
-        self.keys[key] = value
+    def __init__(self, store):
+        self.store, self.released = store, threading.Event()
 
-    def check(self, keys):
-        return all(k in self.keys for k in keys)
+    def __getattr__(self, name):
+        return getattr(self.store, name)
 
     def get(self, key):
-        if self.hang_on_get:
-            self.released.wait()
-        return self.keys[key].encode()
+        self.released.wait()
+        return self.store.get(key)
 
 
-def posts_of(rank: int, world: int, store: Store) -> StepPosts:
+def posts_of(rank: int, world: int, store) -> StepPosts:
     posts = StepPosts(rank, 1)  # no process group here: the store is given
     posts.world, posts.store = world, store
     return posts
@@ -38,7 +41,7 @@ def posts_of(rank: int, world: int, store: Store) -> StepPosts:
 
 def test_a_finished_roll_call_names_the_silent_rank_and_its_last_step():
     """3 ranks, rank 1 stopped after step 2: rank 0's roll call sees 0 and 2, reads every posted step, says done."""
-    store = Store({"cgc/alive/2": "1", "cgc/step/0": "4", "cgc/step/1": "2", "cgc/step/2": "4"})
+    store = store_with({"cgc/alive/2": "1", "cgc/step/0": "4", "cgc/step/1": "2", "cgc/step/2": "4"})
     roll = posts_of(0, 3, store).roll_call(window_s=0.3)
     assert roll == Roll(True, [0, 2], {0: 4, 1: 2, 2: 4}, complete=True)
     assert store.check(["cgc/done/0"]) and roll.speaker(0) and not roll.speaker(2)
@@ -51,7 +54,7 @@ def test_a_roll_call_that_does_not_finish_in_time_comes_back_incomplete(monkeypa
     """The store stops answering halfway: the roll call gives up after its window plus STORE_ANSWER_S and
     returns nothing it half read; rank 0 still speaks (saying it does not know who), rank 2 stays quiet."""
     monkeypatch.setattr(stall, "STORE_ANSWER_S", 0.3)
-    store = Store({"cgc/alive/2": "1", "cgc/step/1": "2"}, hang_on_get=True)
+    store = HangingGets(store_with({"cgc/alive/2": "1", "cgc/step/1": "2"}))
     roll = posts_of(0, 3, store).roll_call(window_s=0.3)
     store.released.set()  # let the abandoned worker end
     assert roll == Roll(True, [], {}, complete=False)
@@ -71,7 +74,7 @@ def test_rank_1_speaks_when_the_store_never_answered():
 
 def test_the_lowest_rank_alive_speaks_when_rank_0_never_joined_the_roll_call():
     """Rank 0 is hung elsewhere (not in the roll call): rank 2's finished roll call finds only itself; it speaks."""
-    store = Store({"cgc/step/0": "3", "cgc/step/1": "2", "cgc/step/2": "4"})
+    store = store_with({"cgc/step/0": "3", "cgc/step/1": "2", "cgc/step/2": "4"})
     roll = posts_of(2, 3, store).roll_call(window_s=0.3)
     assert roll.complete and roll.alive == [2] and roll.speaker(2)
     message = stalled_message(roll, 3, 10, None, TIMEOUT, rank=2)
