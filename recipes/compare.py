@@ -267,10 +267,10 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         print(f"{match} budget: {seesaw.verdict(budget['comparison'])}")
     ours = finals.get((plan.matches[0], OURS), [])
     gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
-    shares, uniform = gate_report.own_share(gate_files) if gate_files else ({}, 0.0)
+    shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)
     if shares:
-        line = gate_report.summary(shares, uniform)
-        report["gates"] = {"own_share": shares, "uniform_share": uniform, "summary": line}
+        line = gate_report.summary(shares, uniform, start)
+        report["gates"] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line}
     return report
 
 

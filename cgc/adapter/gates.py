@@ -15,6 +15,7 @@ ZeRO-3 the model calls this module once per forward, which gathers its logits ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,16 @@ class ClusterGates(nn.Module):
         # each sample's task's rows: an embedding lookup, whose backward is one kernel (an index's takes two)
         per_sample = F.embedding(local_tasks, rows.reshape(T, L * R)).view(-1, L, R)  # (n, L, R_c)
         return per_sample.unbind(1)  # L x (n, R_c)
+
+
+def start_own_share(config: CGCLoraConfig) -> float | None:
+    """The share of a task's gate on its own experts at the start (config.gate_init): K / (S + K) from a uniform
+    start, K e^OWN_BIAS / (S + K e^OWN_BIAS) from an own-biased one; None for a random start (it differs by task)."""
+    S, K = config.num_shared_experts, config.num_task_experts
+    if config.gate_init == "random" or S + K == 0:
+        return None
+    own = K * math.exp(OWN_BIAS if config.gate_init == "own" else 0.0)
+    return own / (S + own)
 
 
 def initial_logits(config: CGCLoraConfig, num_tasks: int, num_layers: int, device) -> torch.Tensor:

@@ -11,12 +11,15 @@ import numpy as np
 _BLOCK = re.compile(r"\.(\d+)\.")  # the block index in 'model.layers.7.self_attn.q_proj'
 
 
-def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float]:
+def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float, float | None]:
     """gates.json contents (one per seed) -> ({task: [own-expert share per block]}, the share a uniform gate
-    gives, K / (S + K)), averaged over the block's adapted projections and over seeds. Tasks whose cluster has
-    no shared or no own experts are left out."""
+    gives, K / (S + K), the share the gates started from (None: a random start, or files that do not say)),
+    averaged over the block's adapted projections and over seeds. Tasks whose cluster has no shared or no own
+    experts are left out."""
     per_task: dict[str, list[np.ndarray]] = {}
     uniform = 0.0
+    starts = {gates.get("start_own_share") for gates in gate_files}
+    start = starts.pop() if len(starts) == 1 else None
     for gates in gate_files:
         shared = gates["num_shared_experts"]
         for task, layers in gates["tasks"].items():
@@ -29,20 +32,22 @@ def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float]:
                 uniform = (len(g) - shared) / len(g)
             if blocks:
                 per_task.setdefault(task, []).append(np.array([np.mean(blocks[b]) for b in sorted(blocks)]))
-    return {task: np.mean(runs, axis=0).tolist() for task, runs in per_task.items()}, uniform
+    return {task: np.mean(runs, axis=0).tolist() for task, runs in per_task.items()}, uniform, start
 
 
-def summary(shares: dict[str, list[float]], uniform: float) -> str:
-    """One line for report.md."""
+def summary(shares: dict[str, list[float]], uniform: float, start: float | None = None) -> str:
+    """One line for report.md. `start`: the own share the gates started from, named when it is not the uniform
+    one (an own-biased start is off uniform before any step)."""
     means = {task: float(np.mean(s)) for task, s in shares.items()}
     overall = float(np.mean(list(means.values())))
     most_own = max(means, key=means.get)
     most_shared = min(means, key=means.get)
     first = np.mean([s[: max(1, len(s) // 3)] for s in shares.values()])
     last = np.mean([s[-max(1, len(s) // 3) :] for s in shares.values()])
+    started = "" if start is None or abs(start - uniform) < 1e-6 else f"; these gates started at {start:.0%}"
     return (
         f"Gates: on average {1 - overall:.0%} of each task's gate is on its cluster's shared experts and "
-        f"{overall:.0%} on its own (a uniform gate: {uniform:.0%}); most on its own experts: "
+        f"{overall:.0%} on its own (a uniform gate: {uniform:.0%}{started}); most on its own experts: "
         f"`{most_own}` ({means[most_own]:.0%}), most shared: `{most_shared}` ({means[most_shared]:.0%}); own share "
         f"{first:.0%} in the first third of the blocks, {last:.0%} in the last third."
     )

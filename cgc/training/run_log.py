@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cgc.adapter.gates import start_own_share
 from cgc.adapter.model import CGCModel
 from cgc.adapter.task_map import TaskMap
 from cgc.training.distributed import all_reduce_sum
@@ -193,6 +194,10 @@ def mean_gates(model: CGCModel) -> dict[str, list[float]]:
 
 def write_gates(model: CGCModel, path: Path) -> None:
     """gates.json: per task and adapted layer, the gate weights g_t (its cluster's shared experts, then its own):
-    what the gates learned, for the comparison report's heatmap (cgc.analysis.gate_report)."""
+    what the gates learned, for the comparison report's heatmap (cgc.analysis.gate_report); and the own share
+    they started from, so that a report can tell a gate that moved from one that started off uniform."""
     tasks = {t: {name: g.tolist() for name, g in model.gate(t).items()} for t in model.tasks}
-    path.write_text(json.dumps({"num_shared_experts": model.cgc_config.num_shared_experts, "tasks": tasks}) + "\n")
+    config = model.cgc_config
+    start = start_own_share(config)
+    gates = {"num_shared_experts": config.num_shared_experts, "start_own_share": start, "tasks": tasks}
+    path.write_text(json.dumps(gates) + "\n")

@@ -197,3 +197,16 @@ def test_optimizer_groups_split_experts_and_gates():
     assert len(experts["params"]) + len(gates["params"]) == len(names)
     no_gate = cgc.attach(tiny_llama(), cgc.presets.per_task_lora(["a", "b"], r=2, target_modules=["q_proj"]))
     assert len(no_gate.optimizer_groups(1e-3, 1e-2)) == 1
+
+
+@pytest.mark.parametrize("gate_init, expected", [("uniform", 1 / 3), ("own", 0.5761), ("random", None)])
+def test_the_start_share_the_report_names_is_the_gate_the_model_starts_with(gate_init, expected):
+    from cgc.adapter.gates import start_own_share
+
+    config = make_config(gate_init=gate_init)
+    start = start_own_share(config)
+    assert start == (None if expected is None else pytest.approx(expected, abs=1e-4))
+    if start is not None:
+        model = cgc.attach(tiny_llama(), config)
+        own = [float(g[2:].sum()) for task in model.tasks for g in model.gate(task).values()]  # S = 2 shared first
+        assert own == pytest.approx([start] * len(own))

@@ -94,12 +94,27 @@ def test_gate_shares_per_block_are_the_weight_on_own_experts_averaged_over_proje
                 layers[f"model.layers.{block}.self_attn.{proj}"] = [(1 - own) / 2, (1 - own) / 2, own]
         return {"num_shared_experts": 2, "tasks": {"add": layers}}
 
-    shares, uniform = own_share([gates((0.2, 0.6), (0.4, 0.8)), gates((0.4, 0.6), (0.4, 1.0))])
-    assert uniform == pytest.approx(1 / 3)
+    shares, uniform, start = own_share([gates((0.2, 0.6), (0.4, 0.8)), gates((0.4, 0.6), (0.4, 1.0))])
+    assert uniform == pytest.approx(1 / 3) and start is None  # files that do not say where the gates started
     assert shares["add"] == pytest.approx([0.35, 0.75])
-    line = summary(shares, uniform)
+    line = summary(shares, uniform, start)
     assert line.startswith("Gates: on average 45% of each task's gate is on its cluster's shared experts")
     assert "(a uniform gate: 33%)" in line and "own share 35% in the first third of the blocks, 75% in the last" in line
+
+
+def test_the_gate_summary_names_a_start_off_uniform():
+    """An own-biased start is off uniform before any step: the report must say where the gates started."""
+
+    def gates(start):
+        layer = {"model.layers.0.self_attn.q_proj": [0.2, 0.2, 0.6]}
+        return {"num_shared_experts": 2, "start_own_share": start, "tasks": {"add": layer}}
+
+    shares, uniform, start = own_share([gates(0.576), gates(0.576)])
+    assert start == pytest.approx(0.576)
+    assert "(a uniform gate: 33%; these gates started at 58%)" in summary(shares, uniform, start)
+    shares, uniform, start = own_share([gates(1 / 3)])
+    assert "(a uniform gate: 33%)" in summary(shares, uniform, start)
+    assert own_share([gates(0.576), gates(1 / 3)])[2] is None  # seeds that started apart: no single start
 
 
 def test_the_controls_are_not_baselines():
