@@ -42,8 +42,13 @@ class CGCLoraConfig:
         alpha / sqrt(R), so every task is an rsLoRA of rank R and a first optimizer step changes a layer's output
         by about as much for any split of R into experts (tests/adapter/test_step_size.py). "lora": w_k =
         alpha / r * g_{t,k}, the rule of versions before 0.2 (their saved adapters load with it).
-    gate_init: the gate logits' start: "uniform" (zeros), "own" (the task's own experts ahead, see
-        OWN_BIAS) or "random" (normal, std RANDOM_STD).  train_gate: False keeps the gate uniform (no logits).
+    gate_init: the gate logits' start: "own" (the default: the task's own experts' logits OWN_BIAS ahead, so
+        they carry K e / (S + K e) of its delta, 58 % at S=2, K=1), "uniform" (zeros: 1 / (S + K)) or "random"
+        (normal, std RANDOM_STD). The gate's gradient is zero until the experts move and a few hundred steps move
+        a logit only so far, so the start decides much of a short run's mixture; from a uniform start the
+        shared experts carried two thirds of every task, and a task whose cluster's inputs look like its own but
+        whose answers differ lost to its neighbours (docs/experiments.md, 2026-12-06, seventh session).
+        train_gate: False keeps the gate uniform (no logits).
     extends: tasks added to a trained cluster (cgc.adapter.growth): cluster -> the cluster whose S shared experts
         its tasks mix with their own K, e.g. {"numbers+1": "numbers"}. Such a cluster stores only its tasks' own
         experts and gates; the shared experts stay in (and are frozen with) the cluster it extends.
@@ -72,7 +77,8 @@ class CGCLoraConfig:
         metadata={"help": "`rslora`: alpha/sqrt(task rank) x experts x gate; `lora`: alpha/r x gate (before 0.2)"},
     )
     gate_init: str = field(
-        default="uniform", metadata={"help": "gate logits' start: `uniform`, `own` (own experts ahead) or `random`"}
+        default="own",
+        metadata={"help": "gate logits' start: `own` (own experts ahead: 58% at S=2, K=1), `uniform` or `random`"},
     )
     train_gate: bool = field(default=True, metadata={"help": "false: the gate stays uniform (no gate parameters)"})
     extends: dict[str, str] = field(

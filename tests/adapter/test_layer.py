@@ -128,8 +128,8 @@ def test_every_cluster_mode_gives_the_same_output(cgc_model):
     torch.testing.assert_close(plain, every, atol=0, rtol=0)
 
 
-def test_gates_sum_to_one_and_start_uniform():
-    model = cgc.attach(tiny_llama(), make_config())
+def test_gates_sum_to_one_and_start_uniform_when_asked():
+    model = cgc.attach(tiny_llama(), make_config(gate_init="uniform"))  # the default, "own": test_model.py
     for task in model.tasks:
         gates = model.gate(task)
         assert len(gates) == len(model.adapted_layers())
