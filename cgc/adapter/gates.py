@@ -15,7 +15,6 @@ ZeRO-3 the model calls this module once per forward, which gathers its logits ex
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -116,16 +115,6 @@ class ClusterGates(nn.Module):
         return per_sample.unbind(1)  # L x (n, R_c)
 
 
-def start_own_share(config: CGCLoraConfig) -> float | None:
-    """The share of a task's gate on its own experts at the start (config.gate_init): K / (S + K) from a uniform
-    start, K e^OWN_BIAS / (S + K e^OWN_BIAS) from an own-biased one; None for a random start (it differs by task)."""
-    S, K = config.num_shared_experts, config.num_task_experts
-    if config.gate_init == "random" or S + K == 0:
-        return None
-    own = K * math.exp(OWN_BIAS if config.gate_init == "own" else 0.0)
-    return own / (S + own)
-
-
 def initial_logits(config: CGCLoraConfig, num_tasks: int, num_layers: int, device) -> torch.Tensor:
     """(L, T_c, S+K) gate logits at the start (config.gate_init)."""
     S, K = config.num_shared_experts, config.num_task_experts
@@ -135,3 +124,13 @@ def initial_logits(config: CGCLoraConfig, num_tasks: int, num_layers: int, devic
     elif config.gate_init == "random":
         logits.normal_(0.0, RANDOM_STD)
     return logits
+
+
+def start_own_share(config: CGCLoraConfig) -> float | None:
+    """The share of a task's gate on its own experts at the start, read off `initial_logits` (K / (S + K) from a
+    uniform start, K e / (S + K e) from an own-biased one); None for a random start (it differs by task)."""
+    S, K = config.num_shared_experts, config.num_task_experts
+    if config.gate_init == "random" or S + K == 0:
+        return None
+    start = initial_logits(config, num_tasks=1, num_layers=1, device="cpu").softmax(-1)  # (1, 1, S+K)
+    return float(start[0, 0, S:].sum())

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import cgc
+from cgc.adapter.gates import start_own_share
 from tests.conftest import batch, make_config, randomize_adapter, tiny_llama
 
 
@@ -201,8 +202,6 @@ def test_optimizer_groups_split_experts_and_gates():
 
 @pytest.mark.parametrize("gate_init, expected", [("uniform", 1 / 3), ("own", 0.5761), ("random", None)])
 def test_the_start_share_the_report_names_is_the_gate_the_model_starts_with(gate_init, expected):
-    from cgc.adapter.gates import start_own_share
-
     config = make_config(gate_init=gate_init)
     start = start_own_share(config)
     assert start == (None if expected is None else pytest.approx(expected, abs=1e-4))
