@@ -9,8 +9,9 @@ task), each at the learning rate its own validation grid picked, over several se
 1. Data: a validation split is carved from the training files (per task, seeded; disjoint from training and
    from the eval files by example) unless --validation_files gives one. Written under <out>/data/.
 2. Learning rate of the experts: per method and budget, a short run (--grid_steps) for each lr of --lr_grid, scored
-   on the validation split; the best mean score picks the method's lr (CGC-LoRA's controls take CGC-LoRA's; --lrs
-   gives a method a known lr instead, e.g. an earlier report's choice, under both budgets). The
+   on the validation split; the best mean score picks the method's lr (CGC-LoRA's controls take CGC-LoRA's, those
+   with another cluster map excepted; --lrs gives a method a known lr instead, e.g. an earlier report's choice,
+   under both budgets). The
    gates' lr is their own (train.gate_lr, or --gate_lr), the same in every run. The eval files are never looked at
    here.
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
@@ -40,7 +41,7 @@ import numpy as np
 
 import cgc
 from cgc.adapter import presets
-from cgc.adapter.presets import CONTROLS, LABELS, method_shape
+from cgc.adapter.presets import CONTROLS, LABELS, method_shape, takes_our_lr
 from cgc.analysis import gate_report
 from cgc.analysis import report as seesaw
 from cgc.analysis.report import GIVEN, OURS
@@ -112,10 +113,11 @@ class Plan:
         return method if match == "trainable" or same else f"{method}@served"
 
     def tuned(self, method: str, match: str = "trainable") -> bool:
-        """Whether the method gets a grid of its own under `match` (a control of CGC-LoRA takes CGC-LoRA's lr;
-        with --served_lr trainable, a served method takes its trainable lr; --lrs gives a method its lr)."""
+        """Whether the method gets a grid of its own under `match` (a control that keeps CGC-LoRA's cluster map
+        takes CGC-LoRA's lr; with --served_lr trainable, a served method takes its trainable lr; --lrs gives a
+        method its lr)."""
         borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
-        control = method in CONTROLS and OURS in self.methods
+        control = takes_our_lr(method, self.methods)
         return len(self.grid) > 1 and not control and not borrowed and method not in self.given
 
     @property
@@ -197,14 +199,14 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
     """Per method and budget: a grid_steps run at each lr of the grid, scored on validation; the best mean wins (a
     tie: the first listed). -> (budget, method) -> {"lr", "gate_lr", "grid": {lr: score}} or {"lr", "lr_from"}"""
     chosen = {}
-    order = sorted(plan.methods, key=lambda m: m in CONTROLS)  # CGC-LoRA before the controls that take its lr
+    order = sorted(plan.methods, key=lambda m: takes_our_lr(m, plan.methods))  # CGC-LoRA before those taking its lr
     for match in plan.matches:
         for m in order:
             if m in plan.given:  # --lrs: the same lr under both budgets (a step's size does not depend on the rank)
                 chosen[(match, m)] = {"lr": plan.given[m], "gate_lr": plan.gate_lr, "lr_from": GIVEN}
                 continue
             if not plan.tuned(m, match):
-                control = m in CONTROLS and OURS in plan.methods
+                control = takes_our_lr(m, plan.methods)
                 source = (match, OURS) if control else ("trainable", m) if len(plan.grid) > 1 else None
                 lr = chosen[source]["lr"] if source else plan.grid[0]
                 lr_from = {"lr_from": LABELS[OURS] if control else "trainable budget"} if source else {}

@@ -39,7 +39,18 @@ LABELS = {
 }
 BASELINES = ("shared_lora", "per_task_lora", "moelora", "cgc_lora")
 CONTROLS = ("cgc_no_gate", "moelora_per_cluster", "cgc_one_cluster", "cgc_task_clusters")  # variants of cgc_lora
+# Controls with another cluster map than CGC-LoRA's. The sampler trains one cluster per micro-step, and Adam
+# scales a step by 1/sqrt(the share of steps whose gradient reaches the parameter): at the same lr an expert
+# of one of 3 clusters moves ~1.7x as far per gradient as an expert every step reaches (docs/experiments.md,
+# 2026-12-07). The same lr is then another step size, so these take an lr of their own, like the baselines.
+CLUSTER_MAPS = ("cgc_one_cluster", "cgc_task_clusters")
 MATCHES = ("trainable", "served")
+
+
+def takes_our_lr(method: str, methods) -> bool:
+    """Whether `method` trains at CGC-LoRA's lr in a comparison of `methods`: a control that keeps CGC-LoRA's
+    cluster map, beside CGC-LoRA (the pairing is the control: one piece taken away at the same step size)."""
+    return method in CONTROLS and method not in CLUSTER_MAPS and "cgc_lora" in methods
 
 
 def shared_lora(tasks: list[str], r: int, **common) -> CGCLoraConfig:

@@ -120,7 +120,7 @@ def tuning_note(
     """How each method's learning rate was chosen, for report.md (`given`: method -> the lr --lrs gave it;
     `grid_ran`: whether any method ran the grid)."""
     gates = f"The gates' learning rate is their own: {gate_lr:g} at every step of every run (no warmup, no decay)."
-    controls = "CGC-LoRA's controls take CGC-LoRA's lr."
+    controls = "CGC-LoRA's controls take CGC-LoRA's lr, but for those with another cluster map (an lr of their own)."
     if given:
         lrs = ", ".join(f"{LABELS.get(m, m)} {lr:g}" for m, lr in given.items())
         gates = f"Given with --lrs (not tuned in this comparison): {lrs}. {gates}"

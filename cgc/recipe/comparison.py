@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import cgc
-from cgc.adapter.presets import CONTROLS, LABELS
+from cgc.adapter.presets import LABELS, takes_our_lr
 from cgc.analysis.report import OURS
 from cgc.data import DataError, load_task_examples
 from cgc.data.validation_split import carve_validation, check_disjoint
@@ -58,14 +58,15 @@ def parse_arguments(argv: list[str] | None, description: str) -> argparse.Namesp
 
 def parse_given_lrs(text: str, methods: list[str]) -> dict[str, float]:
     """--lrs "moelora=5e-4,cgc_lora=1.25e-4" -> {method: lr}: each method once and one of --methods, each lr finite
-    and > 0, and no control of CGC-LoRA beside it (a control takes CGC-LoRA's lr: that pairing is the control)."""
+    and > 0, and no control of CGC-LoRA beside it that takes CGC-LoRA's lr (that pairing is the control; one with
+    another cluster map has an lr of its own: cgc.adapter.presets.CLUSTER_MAPS)."""
     given = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         method, _, value = (part.strip() for part in item.partition("="))
         lr = finite_lr(value)
         if method not in methods:
             problem = f"{method!r} is not one of --methods {methods}"
-        elif method in CONTROLS and OURS in methods:
+        elif takes_our_lr(method, methods):
             problem = f"{method} is a control of {OURS}: it takes {OURS}'s lr (give that one instead)"
         elif method in given:
             problem = f"{method} is given twice"
