@@ -58,7 +58,12 @@ class CGCLoraConfig:
     """
 
     # metadata["help"]: one line per field, shown in the README's recipe key table (cgc.recipe.key_table).
-    clusters: dict[str, list[str]] = field(metadata={"help": "cluster -> its tasks; task ids follow this order"})
+    clusters: dict[str, list[str]] = field(
+        metadata={
+            "help": "cluster -> its tasks; task ids follow this order; each step trains one cluster (fewer "
+            "clusters: each expert more steps)"
+        }
+    )
     r: int = field(default=8, metadata={"help": "rank of each expert; a task's export has rank (S+K)·r"})
     alpha: float = field(
         default=16.0, metadata={"help": "scaling numerator: an expert weighs alpha/sqrt(S·r+K·r) at a uniform gate"}
