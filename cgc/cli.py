@@ -50,7 +50,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--num-clusters", type=int, default=None)
-    group.add_argument("--threshold", type=float, default=0.5, help="merge while mean cosine >= this")
+    group.add_argument(
+        "--threshold",
+        type=float,
+        default=None,  # cgc.analysis.clustering.DEFAULT_THRESHOLD (not imported here: the CLI starts without torch)
+        help="merge clusters while their mean gradient cosine is >= this (default 0: split only conflicting tasks)",
+    )
     parser.add_argument("--examples-per-task", type=int, default=32)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--target-modules", nargs="+", default=["q_proj", "v_proj"])
@@ -73,7 +78,7 @@ def cluster(args) -> None:
         tokenizer,
         by_task,
         num_clusters=args.num_clusters,
-        threshold=args.threshold,
+        **({} if args.threshold is None else {"threshold": args.threshold}),
         target_modules=args.target_modules,
         warmup_steps=args.warmup_steps,
         max_length=args.max_length,

@@ -5,8 +5,16 @@
 Affinity of two tasks = cosine similarity of their gradients with respect to one LoRA shared by all tasks,
 measured after a few warm-up steps of that LoRA on a mix of all tasks (at step 0, B = 0 and the gradients only
 reflect the random A). Tasks whose gradients point the same way would pull a shared adapter the same way and
-can share experts; tasks whose gradients disagree are the ones that seesaw and belong apart. Clusters are
-formed by average-linkage agglomeration on that similarity. Users can always write the map by hand.
+can share experts; tasks whose gradients disagree (negative cosine: a step for one raises the other's loss, the
+"conflicting gradients" of PCGrad) are the ones that seesaw and belong apart. Clusters are formed by
+average-linkage agglomeration on that similarity. Users can always write the map by hand.
+
+Why the default threshold is 0 (merge every pair that does not conflict on average) rather than a high cosine:
+splitting is not free. The sampler trains one cluster per step, so with C clusters each cluster's experts get a
+gradient on about 1/C of the steps, and shared experts see only their cluster's data. Orthogonal gradients
+(cosine ~ 0) do not pull a shared adapter against each other, so only conflict is a reason to pay that. On the
+demo's instruction data (mean pairwise affinity 0.02) one cluster of all nine tasks scored above the hand-written
+three and a cluster per task scored lowest (docs/experiments.md, 2026-12-06 and 2026-12-07).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import torch
 from cgc.adapter.model import attach
 from cgc.adapter.presets import shared_lora
 from cgc.data.tokenization import MultiTaskCollator, encode_example
+
+DEFAULT_THRESHOLD = 0.0  # merge while the closest clusters' mean affinity is >= this: split only conflicting tasks
 
 
 def task_gradients(
@@ -77,7 +87,9 @@ def affinity_matrix(gradients: Mapping[str, torch.Tensor]) -> tuple[list[str], t
     return tasks, g @ g.T  # (T, T) cosine similarities
 
 
-def agglomerate(tasks: list[str], similarity: torch.Tensor, num_clusters: int | None = None, threshold: float = 0.5):
+def agglomerate(
+    tasks: list[str], similarity: torch.Tensor, num_clusters: int | None = None, threshold: float = DEFAULT_THRESHOLD
+):
     """Average-linkage merging: down to `num_clusters`, or while the closest pair's mean similarity >= threshold."""
     if num_clusters is not None and not 1 <= num_clusters <= len(tasks):
         raise ValueError(f"num_clusters must be in [1, {len(tasks)}], got {num_clusters}")
@@ -104,7 +116,7 @@ def cluster_tasks(
     tokenizer,
     examples_by_task: Mapping[str, Sequence[dict]],
     num_clusters: int | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     **gradient_kwargs,
 ) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
     """-> (cluster map, task x task cosine affinity). `base_model` gets a LoRA attached: pass a fresh one."""
@@ -124,14 +136,31 @@ def sample_by_task(rows, per_task: int, seed: int) -> dict[str, list[dict]]:
     return {t: rng.sample(rows, min(per_task, len(rows))) for t, rows in sorted(by_task.items())}
 
 
+def affinity_table(affinity: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The task x task affinity as comment lines (columns numbered like the rows), for a user to judge the map."""
+    tasks = list(affinity)
+    width = max(len(t) for t in tasks)
+    lines = ["# task gradient affinity (cosine; below 0 the tasks conflict):"]
+    lines.append("#    " + " " * width + "".join(f"{j:>7}" for j in range(len(tasks))))
+    for i, a in enumerate(tasks):
+        lines.append(f"# {i:>2} {a:<{width}}" + "".join(f"{affinity[a][b]:>7.2f}" for b in tasks))
+    return lines
+
+
 def to_yaml(clusters: Mapping[str, Sequence[str]], affinity: Mapping[str, Mapping[str, float]]) -> str:
     import yaml
 
     lines = ["# proposed by cgc.analysis.clustering (gradient cosine affinity); paste under `cgc:` in a recipe config"]
+    lines += affinity_table(affinity)
     for name, tasks in clusters.items():
         inside = [affinity[a][b] for a in tasks for b in tasks if a < b]
         mean = f"{sum(inside) / len(inside):.2f}" if inside else "n/a"
         lines.append(f"# {name}: mean within-cluster affinity {mean}")
+    if len(clusters) > 1:
+        lines.append(
+            f"# each training step draws one cluster: with {len(clusters)} clusters a cluster's experts train on about"
+            f" 1/{len(clusters)} of the steps"
+        )
     lines.append(
         yaml.safe_dump(
             {"clusters": {k: list(v) for k, v in clusters.items()}}, sort_keys=False, default_flow_style=None

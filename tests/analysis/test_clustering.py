@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from cgc.analysis.clustering import agglomerate, cluster_tasks
+from cgc.analysis.clustering import agglomerate, cluster_tasks, to_yaml
 from cgc.models.tiny import char_tokenizer, tiny_model
 from tests.conftest import ROOT
 
@@ -56,6 +56,25 @@ def test_agglomerate_by_count_and_by_threshold():
     assert agglomerate(tasks, similarity, num_clusters=1) == {"cluster0": ["a", "b", "c", "d"]}
     with pytest.raises(ValueError, match="num_clusters must be in"):
         agglomerate(tasks, similarity, num_clusters=5)
+
+
+def test_the_default_splits_only_conflicting_tasks():
+    """Orthogonal gradients (cosine ~ 0) share a cluster by default; a task that conflicts (cosine < 0) stays apart:
+    each extra cluster costs its experts a share of the steps, so only conflict is worth a split."""
+    tasks = ["a", "b", "c", "d"]
+    similarity = torch.tensor(
+        [[1.0, 0.02, 0.05, -0.3], [0.02, 1.0, -0.01, -0.4], [0.05, -0.01, 1.0, -0.2], [-0.3, -0.4, -0.2, 1.0]]
+    )
+    assert agglomerate(tasks, similarity) == {"cluster0": ["a", "b", "c"], "cluster1": ["d"]}
+
+
+def test_the_yaml_shows_the_affinity_and_the_cost_of_a_split():
+    affinity = {"a": {"a": 1.0, "b": -0.25}, "b": {"a": -0.25, "b": 1.0}}
+    text = to_yaml({"cluster0": ["a"], "cluster1": ["b"]}, affinity)
+    assert yaml.safe_load(text) == {"clusters": {"cluster0": ["a"], "cluster1": ["b"]}}
+    rows = [line for line in text.splitlines() if line.startswith("#  ")]
+    assert [row.split()[2:] for row in rows[-2:]] == [["a", "1.00", "-0.25"], ["b", "-0.25", "1.00"]]
+    assert "about 1/2 of the steps" in text
 
 
 def test_cli_prints_a_cluster_map_as_yaml(tmp_path):
