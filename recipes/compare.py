@@ -8,12 +8,11 @@ task), each at the learning rate its own validation grid picked, over several se
 
 1. Data: a validation split is carved from the training files (per task, seeded; disjoint from training and
    from the eval files by example) unless --validation_files gives one. Written under <out>/data/.
-2. Learning rate of the experts: per method and budget, a short run (--grid_steps) for each lr of --lr_grid, scored
-   on the validation split; the best mean score picks the method's lr (CGC-LoRA's controls take CGC-LoRA's, those
-   with another cluster map excepted; --lrs gives a method a known lr instead, e.g. an earlier report's choice,
-   under both budgets). The
-   gates' lr is their own (train.gate_lr, or --gate_lr), the same in every run. The eval files are never looked at
-   here.
+2. Learning rate of the experts: per method and budget, a --grid_steps run at each lr of --lr_grid, scored on the
+   validation split; the best mean picks the lr, and the report marks lrs not significantly below it (paired
+   bootstrap). CGC-LoRA's controls take CGC-LoRA's lr (those with another cluster map excepted); --lrs gives a
+   method a known lr under both budgets. The gates' lr is their own (train.gate_lr, or --gate_lr). The eval files
+   are never looked at here.
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
    the eval files (--eval_examples per task where the data has them).
 4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, a paired bootstrap 95 % interval of CGC-LoRA
@@ -104,6 +103,10 @@ class Plan:
         return self.args.gate_lr or self.cfg.train.gate_lr
 
     @property
+    def metrics(self) -> dict:
+        return task_metrics(self.cfg.cgc.tasks, self.cfg.eval.default_metric, self.cfg.eval.metrics)
+
+    @property
     def grid_steps(self) -> int:
         return self.args.grid_steps or max(1, self.cfg.train.max_steps // 2)
 
@@ -191,13 +194,13 @@ def print_budgets(plan: Plan) -> None:
                 f"{s['served_rank']:>13}{params[name]:>19,}"
             )
     n = {name: len(rows) for name, rows in plan.rows.items()}
-    sizes = f"{n['train']} training, {n['validation']} validation, {n['eval']} eval examples"
-    print(f"data: {sizes} ({plan.out / 'data'})")
+    print(f"data: {n['train']} training, {n['validation']} validation, {n['eval']} eval examples ({plan.out / 'data'})")
 
 
 def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
     """Per method and budget: a grid_steps run at each lr of the grid, scored on validation; the best mean wins (a
-    tie: the first listed). -> (budget, method) -> {"lr", "gate_lr", "grid": {lr: score}} or {"lr", "lr_from"}"""
+    tie: the first listed). -> (budget, method) -> {"lr", "gate_lr", "grid": {lr: score}, "grid_ties": [lrs
+    validation cannot tell from the choice]} or {"lr", "lr_from"}"""
     chosen = {}
     order = sorted(plan.methods, key=lambda m: takes_our_lr(m, plan.methods))  # CGC-LoRA before those taking its lr
     for match in plan.matches:
@@ -212,19 +215,18 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
                 lr_from = {"lr_from": LABELS[OURS] if control else "trainable budget"} if source else {}
                 chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, **lr_from}
                 continue
-            scores, name = {}, plan.run_name(match, m)
+            scores, runs, name, n_val = {}, {}, plan.run_name(match, m), len(plan.rows["validation"])
             for lr in plan.grid:
-                n_validation = len(plan.rows["validation"])
-                settings = run_settings(
-                    plan, lr, plan.cfg.seed, plan.grid_steps, plan.files["validation"], n_validation
-                )
+                settings = run_settings(plan, lr, plan.cfg.seed, plan.grid_steps, plan.files["validation"], n_val)
                 label = f"{LABELS[m]} ({match}), grid lr {lr:g}"
                 grid_run = plan.out / "grid" / name / f"lr_{lr:g}"
                 result = train_and_score(plan, match, m, grid_run, settings, label, keep_adapters=False)
-                scores[f"{lr:g}"] = result["mean"]
+                scores[f"{lr:g}"], runs[f"{lr:g}"] = result["mean"], grid_run
             lr = plan.grid[int(np.argmax(list(scores.values())))]
-            chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, "grid": scores}
-            print(f"{LABELS[m]} ({match}): validation scores {scores} -> lr {lr:g}", flush=True)
+            ties = seesaw.lrs_within_noise(runs, f"{lr:g}", plan.metrics)
+            chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, "grid": scores, "grid_ties": ties}
+            noise = f" (validation cannot tell it from {', '.join(ties)})" if ties else ""
+            print(f"{LABELS[m]} ({match}): validation scores {scores} -> lr {lr:g}{noise}", flush=True)
     return chosen
 
 
@@ -250,9 +252,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         match: {m: method_runs(plan, match, m, chosen[(match, m)], finals[(match, m)]) for m in plan.methods}
         for match in plan.matches
     }
-    report = seesaw.build_report(budgets, setup(plan, chosen, finals, argv))
-    cfg = plan.cfg
-    metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+    report, metrics = seesaw.build_report(budgets, setup(plan, chosen, finals, argv)), plan.metrics
     for match, budget in report["budgets"].items():
         baseline = seesaw.best_baseline(budget["methods"])
         if OURS not in plan.methods or baseline is None:

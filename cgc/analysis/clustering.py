@@ -158,8 +158,8 @@ def to_yaml(clusters: Mapping[str, Sequence[str]], affinity: Mapping[str, Mappin
         lines.append(f"# {name}: mean within-cluster affinity {mean}")
     if len(clusters) > 1:
         lines.append(
-            f"# each training step draws one cluster: with {len(clusters)} clusters a cluster's experts train on about"
-            f" 1/{len(clusters)} of the steps"
+            f"# each training step draws one cluster (sampler.mixing): a cluster's experts train only on the steps that"
+            f" draw it, about 1/{len(clusters)} of them with {len(clusters)} clusters of equal size"
         )
     lines.append(
         yaml.safe_dump(

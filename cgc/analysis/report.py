@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cgc.adapter.presets import BASELINES, LABELS
-from cgc.analysis.stats import mean_std
+from cgc.analysis.stats import mean_std, paired_bootstrap
 from cgc.evaluation.metrics import MetricSpec, example_scores
 from cgc.training.run_dir import RunDir
 
@@ -57,7 +57,7 @@ def method_row(name: str, method: dict, tasks: list[str]) -> dict:
     row = {
         "label": LABELS.get(name, name),
         **method["config"],
-        **{k: method[k] for k in ("lr", "gate_lr", "grid", "lr_from", "export_bytes") if k in method},
+        **{k: method[k] for k in ("lr", "gate_lr", "grid", "grid_ties", "lr_from", "export_bytes") if k in method},
         "trainable_params": runs[0]["summary"]["trainable_params"],
         "final_loss": mean_std([run["summary"]["final_loss"] for run in runs])[0],
         "train_tokens_per_s": mean_std([run["summary"]["tokens_per_s"] for run in runs])[0],
@@ -98,6 +98,21 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
             scores[task] = example_scores(metrics[task], [r["prediction"] for r in mine], [r["target"] for r in mine])
         per_seed.append(scores)
     return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
+
+
+def lrs_within_noise(grid_runs: dict[str, Path], chosen: str, metrics: dict[str, MetricSpec]) -> list[str]:
+    """The grid's other lrs whose validation score is not significantly below the chosen lr's (a paired bootstrap
+    over the same validation examples): lrs the grid cannot tell from its choice. A small validation split (16
+    examples a task) cannot resolve differences of a few points, and the choice among such lrs is then noise.
+    `grid_runs`: lr (as the report writes it) -> its grid run's dir."""
+    lrs = list(grid_runs)
+    scores, _ = per_example_scores([grid_runs[lr] for lr in lrs], metrics)  # task -> (lrs, examples)
+    best = {task: s[[lrs.index(chosen)]] for task, s in scores.items()}
+    return [
+        lr
+        for i, lr in enumerate(lrs)
+        if lr != chosen and not paired_bootstrap(best, {task: s[[i]] for task, s in scores.items()})["significant"]
+    ]
 
 
 def eval_examples_per_task(run_dir: Path) -> str:

@@ -98,8 +98,15 @@ def grid_table(methods: dict) -> str:
     grid = list(rows[0]["grid"])
     lines = ["| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |", "|---|" + "---:|" * (len(grid) + 1)]
     for row in rows:
-        cells = " | ".join(f"{row['grid'][lr]:.3f}" for lr in grid)
+        ties = row.get("grid_ties", [])
+        cells = " | ".join(f"{row['grid'][lr]:.3f}" + (" ≈" if lr in ties else "") for lr in grid)
         lines.append(f"| {row['label']} | {cells} | {row['lr']:g} |")
+    if any(row.get("grid_ties") for row in rows):
+        lines += [
+            "",
+            "≈: not significantly below the chosen lr's validation score (paired 95 % interval over the same "
+            "validation examples): the grid cannot tell these lrs from its choice (more --validation_per_task would).",
+        ]
     return "\n".join(lines) + "\n"
 
 

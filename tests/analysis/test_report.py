@@ -5,8 +5,17 @@ import json
 import pytest
 
 from cgc.analysis.gate_report import own_share, summary
-from cgc.analysis.report import TASK_HIDDEN, best_baseline, build_report, inputs_note, tuning_note, verdict
+from cgc.analysis.report import (
+    TASK_HIDDEN,
+    best_baseline,
+    build_report,
+    inputs_note,
+    lrs_within_noise,
+    tuning_note,
+    verdict,
+)
 from cgc.analysis.report_files import markdown, write_report
+from cgc.evaluation import task_metrics
 
 TASKS = {"add": "numbers", "uppercase": "words", "length": "letters"}
 
@@ -151,3 +160,27 @@ def test_the_tuning_note_says_which_lrs_were_given_and_whether_a_grid_ran():
     none = tuning_note(grid, 50, 125, False, 1e-2, 0, {"moelora": 5e-4, "cgc_lora": 1e-4}, grid_ran=False)
     assert none.startswith("No lr grid ran") and "validation score" not in none and "CGC-LoRA 0.0001" in none
     assert "for every method not given" in tuning_note([3e-4], 50, 0, False, 1e-2, 0)
+
+
+def test_the_grid_marks_lrs_the_validation_split_cannot_tell_from_the_choice(tmp_path):
+    """A paired bootstrap over the same validation examples: one answer apart is noise, all answers apart is not."""
+
+    def grid_run(lr: str, wrong: int) -> str:
+        run = tmp_path / f"lr_{lr}"
+        run.mkdir()
+        rows = [
+            {"task": t, "input": f"{t} {i}", "target": "x", "prediction": "y" if t == "a" and i < wrong else "x"}
+            for t in ("a", "b")
+            for i in range(40)
+        ]
+        (run / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return run
+
+    runs = {"0.001": grid_run("0.001", 0), "0.002": grid_run("0.002", 1), "0.004": grid_run("0.004", 40)}
+    metrics = task_metrics(["a", "b"], "exact_match", {})
+    assert lrs_within_noise(runs, "0.001", metrics) == ["0.002"]
+    assert lrs_within_noise(runs, "0.004", metrics) == []  # the chosen one is far below both: neither is a tie
+
+    row = method({"add": 0.5, "uppercase": 0.5, "length": 0.5}) | {"grid_ties": ["0.003"]}
+    text = markdown(build_report({"trainable": {"moelora": row}}, SETUP))
+    assert "| MOELoRA | 0.400 | 0.300 ≈ | 0.001 |" in text and "the grid cannot tell these lrs" in text

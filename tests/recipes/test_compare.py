@@ -14,7 +14,10 @@ from transformers import AutoModelForCausalLM
 
 import cgc
 from cgc.adapter.presets import BASELINES, CLUSTER_MAPS, CONTROLS, LABELS
+from cgc.analysis.report import lrs_within_noise
+from cgc.evaluation import task_metrics
 from cgc.models.tiny import char_tokenizer, tiny_model
+from cgc.recipe import load_recipe_config
 from tests.conftest import ROOT
 
 TINY = "recipes/configs/tiny_cpu.yaml"
@@ -59,6 +62,8 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
     assert len(tasks) == 9 and report["tasks"]["sort_words"] == "rouge_l"
     validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
     assert len(validation) == 2 * 9
+    cfg = load_recipe_config(TINY, [])
+    metrics, report_text = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics), json.dumps(report)
     for name, row in methods.items():
         # The grid: one 2-step run per lr, scored on the validation split only; the best score's lr is the choice.
         for lr in ("0.003", "0.01"):
@@ -72,6 +77,9 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
             # A finished grid run keeps its numbers, not its checkpoints nor its adapters (the disk's sake).
             assert not (grid_run / "checkpoints").exists() and not (grid_run / "adapters").exists()
         assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
+        # The lrs validation cannot tell from the choice, from the grid runs' own answers.
+        runs = {lr: out / "grid" / name / f"lr_{lr}" for lr in row["grid"]}
+        assert row["grid_ties"] == lrs_within_noise(runs, f"{row['lr']:g}", metrics) and "grid_ties" in report_text
         seed_scores = []
         for seed in (0, 1):
             summary = json.loads((out / name / f"seed_{seed}" / "run_summary.json").read_text())
