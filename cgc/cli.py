@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import cgc
+from cgc.analysis.clustering import DEFAULT_THRESHOLD
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,8 +54,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threshold",
         type=float,
-        default=None,  # cgc.analysis.clustering.DEFAULT_THRESHOLD (not imported here: the CLI starts without torch)
-        help="merge clusters while their mean gradient cosine is >= this (default 0: split only conflicting tasks)",
+        default=DEFAULT_THRESHOLD,
+        help="merge clusters while their mean gradient cosine is >= this (default %(default)g: only groups that "
+        "conflict on average stay apart)",
     )
     parser.add_argument("--examples-per-task", type=int, default=32)
     parser.add_argument("--warmup-steps", type=int, default=10)
@@ -78,7 +80,7 @@ def cluster(args) -> None:
         tokenizer,
         by_task,
         num_clusters=args.num_clusters,
-        **({} if args.threshold is None else {"threshold": args.threshold}),
+        threshold=args.threshold,
         target_modules=args.target_modules,
         warmup_steps=args.warmup_steps,
         max_length=args.max_length,

@@ -9,12 +9,14 @@ can share experts; tasks whose gradients disagree (negative cosine: a step for o
 "conflicting gradients" of PCGrad) are the ones that seesaw and belong apart. Clusters are formed by
 average-linkage agglomeration on that similarity. Users can always write the map by hand.
 
-Why the default threshold is 0 (merge every pair that does not conflict on average) rather than a high cosine:
-splitting is not free. The sampler trains one cluster per step, so with C clusters each cluster's experts get a
-gradient on about 1/C of the steps, and shared experts see only their cluster's data. Orthogonal gradients
-(cosine ~ 0) do not pull a shared adapter against each other, so only conflict is a reason to pay that. On the
-demo's instruction data (mean pairwise affinity 0.02) one cluster of all nine tasks scored above the hand-written
-three and a cluster per task scored lowest (docs/experiments.md, 2026-12-06 and 2026-12-07).
+Why the default threshold is 0 (clusters merge while their mean cross-affinity is not negative, so only groups
+that conflict on average stay apart) rather than a high cosine: splitting is not free. The sampler trains one
+cluster per step, so a cluster's experts get a gradient only on the steps that draw it (about 1/C of them with C
+clusters of equal size; shares follow cluster size, `sampler.mixing`), and shared experts see only their
+cluster's data. Orthogonal gradients (cosine ~ 0) do not pull a shared adapter against each other, so only
+conflict is a reason to pay that. On both demo variants one cluster of all nine tasks, at its step-matched lr,
+scored above the hand-written three, and a cluster per task scored lowest (docs/experiments.md, 2026-12-06 and
+2026-12-07).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ BUDGET_TITLES = {
 def build_report(budgets: dict[str, dict[str, dict]], setup: dict) -> dict:
     """`budgets`: budget ("trainable", "served") -> method -> {"config": shape (cgc.presets.method_shape),
     "seeds": [{"eval": eval.json, "summary": run_summary.json}, ...], optional "lr", "gate_lr", "grid" ({lr:
-    validation score}), "lr_from" (the method whose lr it took), "export_bytes"}. -> the report.json object."""
+    validation score}), "grid_ties" (lrs validation cannot tell from the choice), "lr_from" (the method whose lr it
+    took), "export_bytes"}. -> the report.json object."""
     first = next(iter(next(iter(budgets.values())).values()))["seeds"][0]["eval"]["tasks"]
     tasks = list(first)
     report = {"setup": setup, "reference": REFERENCE, "tasks": {t: first[t]["metric"] for t in tasks}, "budgets": {}}
@@ -101,12 +102,15 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
 
 
 def lrs_within_noise(grid_runs: dict[str, Path], chosen: str, metrics: dict[str, MetricSpec]) -> list[str]:
-    """The grid's other lrs whose validation score is not significantly below the chosen lr's (a paired bootstrap
-    over the same validation examples): lrs the grid cannot tell from its choice. A small validation split (16
-    examples a task) cannot resolve differences of a few points, and the choice among such lrs is then noise.
-    `grid_runs`: lr (as the report writes it) -> its grid run's dir."""
+    """The grid's other lrs that validation cannot tell apart from the chosen one: the paired bootstrap 95 %
+    interval of their difference (over the same validation examples) includes 0. A small validation split (the
+    demo's 16 examples a task) cannot resolve differences of a few points. `grid_runs`: lr (as the report writes
+    it) -> its grid run's dir. No validation answers to pair: nothing to say ([])."""
     lrs = list(grid_runs)
     scores, _ = per_example_scores([grid_runs[lr] for lr in lrs], metrics)  # task -> (lrs, examples)
+    scores = {task: s for task, s in scores.items() if s.shape[1]}
+    if not scores:
+        return []
     best = {task: s[[lrs.index(chosen)]] for task, s in scores.items()}
     return [
         lr
@@ -147,7 +151,7 @@ def tuning_note(
     return (
         f"Learning rate of the experts: per method, the best mean validation score of {grid_steps}-step runs (seed "
         f"{seed}) at each lr of {', '.join(f'{lr:g}' for lr in grid)}; validation: {n_validation} examples {where}; "
-        f"a tie goes to the first lr listed; {controls} The eval examples were not used for the choice. {gates}"
+        f"an exact tie goes to the first lr listed; {controls} The eval examples were not used for the choice. {gates}"
     )
 
 

@@ -104,8 +104,8 @@ def grid_table(methods: dict) -> str:
     if any(row.get("grid_ties") for row in rows):
         lines += [
             "",
-            "≈: not significantly below the chosen lr's validation score (paired 95 % interval over the same "
-            "validation examples): the grid cannot tell these lrs from its choice (more --validation_per_task would).",
+            "≈: validation cannot tell this lr from the chosen one (the paired 95 % interval of their difference over "
+            "the same validation examples includes 0): more validation examples per task may.",
         ]
     return "\n".join(lines) + "\n"
 

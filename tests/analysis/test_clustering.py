@@ -59,8 +59,9 @@ def test_agglomerate_by_count_and_by_threshold():
 
 
 def test_the_default_splits_only_conflicting_tasks():
-    """Orthogonal gradients (cosine ~ 0) share a cluster by default; a task that conflicts (cosine < 0) stays apart:
-    each extra cluster costs its experts a share of the steps, so only conflict is worth a split."""
+    """Orthogonal gradients (cosine ~ 0) share a cluster by default (b and c, -0.01 apart, too: average linkage); a
+    task that conflicts with the others on average stays apart: each extra cluster costs its experts a share of the
+    steps, so only conflict is worth a split."""
     tasks = ["a", "b", "c", "d"]
     similarity = torch.tensor(
         [[1.0, 0.02, 0.05, -0.3], [0.02, 1.0, -0.01, -0.4], [0.05, -0.01, 1.0, -0.2], [-0.3, -0.4, -0.2, 1.0]]
@@ -91,4 +92,15 @@ def test_cli_prints_a_cluster_map_as_yaml(tmp_path):
         ["copy_digits", "sort_digits"],
         ["copy_letters", "reverse_letters"],
     ]
-    assert "mean within-cluster affinity" in result.stdout
+    assert "mean within-cluster affinity" in result.stdout and "task gradient affinity" in result.stdout
+
+
+def test_the_cli_default_is_the_library_default():
+    import argparse
+
+    from cgc.analysis.clustering import DEFAULT_THRESHOLD
+    from cgc.cli import add_cluster_arguments
+
+    parser = argparse.ArgumentParser()
+    add_cluster_arguments(parser)
+    assert parser.parse_args(["--model", "m", "--data", "f"]).threshold == DEFAULT_THRESHOLD == 0.0
