@@ -5,10 +5,15 @@ the same order or the collectives hang, and CGC-LoRA's parameters are grouped by
 schedule is drawn from a generator seeded only by (seed, epoch), so every rank computes the same schedule
 without communicating; rank k takes the k-th micro-batch of each global step.
 
-Mixing. A cluster is drawn for each scheduling unit (a micro-step, or with cluster_per="optimizer_step" the
-grad_accum micro-steps of one optimizer step) with probability p_c ∝ w(n_c); inside the cluster each slot
-draws a task with p_t ∝ w(n_t), where n is the number of examples and w(n) = n (proportional), 1 (uniform)
-or n^(1/T) (temperature); a task whose examples are used up gives its slots to the cluster's other tasks.
+Mixing. The law is over tasks: task t's share of the examples is p_t ∝ w(n_t), where n is the number of
+examples and w(n) = n (proportional), 1 (uniform) or n^(1/T) (temperature). A cluster is drawn for each
+scheduling unit (a micro-step, or with cluster_per="optimizer_step" the grad_accum micro-steps of one optimizer
+step) with probability p_c = sum of its tasks' p_t, and inside the cluster each slot draws a task ∝ w(n_t); a
+task whose examples are used up gives its slots to the cluster's other tasks. So how often a task is trained does
+not depend on the cluster map (the map decides which experts tasks share, not how much data each gets): a law over
+clusters (p_c ∝ w(n_c)) would give the tasks of a small cluster far more steps than those of a large one under
+`uniform` or `temperature` (a 7 + 1 + 1 map at T = 2: 8 % of the steps to each task of the 7, 21 % to each
+single task).
 Examples of each task are taken in a shuffled order, without replacement. The epoch ends at the first unit
 whose cluster has fewer unused examples than the unit needs, so the cluster law holds over the whole epoch
 and no example is used twice in an epoch. A cluster too small to fill even one unit is never drawn (with a
@@ -117,7 +122,7 @@ class ClusterAwareBatchSampler:
         # A cluster with fewer examples than one scheduling unit could never fill it, and drawing it would end
         # every epoch at once: leave it out, loudly.
         unit = world_size * micro_batch_size * self.unit_steps
-        self.cluster_weights = {c: self._weight(n) for c, n in sizes.items() if n >= unit}
+        self.cluster_weights = {c: sum(self.task_weights[c].values()) for c, n in sizes.items() if n >= unit}
         accum = f" x {grad_accum} accumulation steps" if self.unit_steps > 1 else ""
         if not self.cluster_weights:
             raise ValueError(
@@ -273,6 +278,7 @@ class ClusterAwareBatchSampler:
             "mixing": self.mixing,
             "temperature": self.temperature,
             "length_grouped": self.lengths is not None,
+            "law": "tasks",  # p_c = sum of its tasks' weights (states without it: p_c ∝ w(n_c), before 2026-12-07)
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -287,6 +293,13 @@ class ClusterAwareBatchSampler:
                 f"sampler state was saved with world_size {state['world_size']} and schedule layout "
                 f"{state.get('layout')}, this run has {self.world_size} and {self._layout()}: positions of other "
                 "global micro-batches do not map onto these batches"
+            )
+        if "layout" in state and state["layout"].get("law") != "tasks":
+            warnings.warn(
+                "this sampler state comes from a version that drew clusters by their own size (p_c ∝ w(n_c)); the run "
+                "goes on with the task law, so with clusters of unequal size the rest of this epoch may use an example "
+                "twice or not at all",
+                stacklevel=2,
             )
         self.set_epoch(int(state["epoch"]))
         self.position = int(state["position"])

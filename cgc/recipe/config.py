@@ -62,7 +62,11 @@ class DataSection:
 
 @dataclass
 class SamplerSection:
-    mixing: str = knob("temperature", "how clusters and tasks are drawn: `proportional`, `uniform` or `temperature`")
+    mixing: str = knob(
+        "temperature",
+        "how often each task is drawn (∝ n, 1 or n^(1/T) of its n examples; a cluster is drawn with the sum of its "
+        "tasks' shares, so the map does not change them): `proportional`, `uniform` or `temperature`",
+    )
     temperature: float = knob(2.0, "T of p ∝ n^(1/T); higher T gives small tasks more steps")
     cluster_per: str = knob(
         "micro_step", "draw a cluster per `micro_step` or per `optimizer_step` (all accumulation steps)"

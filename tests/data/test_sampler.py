@@ -149,7 +149,8 @@ def test_cluster_and_task_frequencies_follow_the_mixing_law(mixing):
         w = {k: n if mixing == "proportional" else 1.0 if mixing == "uniform" else n**0.5 for k, n in ns.items()}
         return {k: v / sum(w.values()) for k, v in w.items()}
 
-    expected = law({c: sum(counts[t] for t in ts) for c, ts in clusters.items()})
+    by_task = law(counts)  # the law is over tasks; a cluster's share is the sum of its tasks'
+    expected = {c: sum(by_task[t] for t in ts) for c, ts in clusters.items()}
     steps, used = [], {t: 0 for t in counts}
     for epoch in range(4):
         sampler.set_epoch(epoch)
@@ -162,6 +163,34 @@ def test_cluster_and_task_frequencies_follow_the_mixing_law(mixing):
     p_a = law({"a": 4000, "b": 1000})["a"]
     drawn = used["a"] + used["b"]
     assert abs(used["a"] / drawn - p_a) < 4 * np.sqrt(p_a * (1 - p_a) / drawn), (used, p_a)
+
+
+@pytest.mark.parametrize("mixing", ["uniform", "temperature"])
+def test_a_tasks_share_of_the_examples_does_not_depend_on_the_cluster_map(mixing):
+    """The map says which experts tasks share, not how much data each gets: one cluster of nine tasks and a 7 + 1 + 1
+    map draw each task equally often (a law over clusters gave each single task ~2.6x a task of the seven)."""
+    tasks = [f"t{i}" for i in range(9) for _ in range(300)]
+    maps = {"one": {"all": [f"t{i}" for i in range(9)]}}
+    maps["split"] = {"seven": [f"t{i}" for i in range(7)], "alone7": ["t7"], "alone8": ["t8"]}
+    shares = {}
+    for name, clusters in maps.items():
+        sampler = make_sampler(tasks, clusters, micro_batch_size=4, mixing=mixing, temperature=2.0)
+        used = np.zeros(9)
+        for epoch in range(6):
+            sampler.set_epoch(epoch)
+            used += [sampler.epoch_usage()[f"t{i}"] for i in range(9)]
+        shares[name] = used / used.sum()
+    for name, share in shares.items():
+        assert np.abs(share - 1 / 9).max() < 0.02, (name, share.round(3))
+
+
+def test_a_state_from_the_cluster_size_law_is_resumed_with_a_warning():
+    tasks = ["a"] * 20 + ["b"] * 20
+    sampler = make_sampler(tasks, {"x": ["a"], "y": ["b"]}, micro_batch_size=2)
+    old = sampler.state_dict()
+    old["layout"] = {k: v for k, v in old["layout"].items() if k != "law"}
+    with pytest.warns(UserWarning, match="drew clusters by their own size"):
+        sampler.load_state_dict(old)
 
 
 def test_optimizer_step_mode_keeps_one_cluster_for_all_accumulation_micro_steps():
@@ -225,7 +254,8 @@ def test_length_grouping_cuts_padding_and_keeps_the_sampler_contract():
     for step, batches in enumerate(zip(*grouped, strict=True)):
         assert all({owner[tasks[i]] for i in b} == {schedule[step]} for b in batches)  # one cluster, all ranks
     ids = [i for r in grouped for b in r for i in b]
-    assert len(ids) == len(set(ids)) and len(ids) > 0.9 * len(tasks)  # none twice; most of the epoch used
+    # None twice; most of the epoch used (it ends when the drawn cluster runs short: seeds 0-19 used 82-100 %)
+    assert len(ids) == len(set(ids)) and len(ids) > 0.8 * len(tasks)
     assert set(schedule) == {"x", "y"}
     # A mid-epoch state resumes to the same remaining batches.
     run = make_sampler(tasks, clusters, **setup, rank=1, lengths=lengths)
