@@ -12,8 +12,8 @@ average-linkage agglomeration on that similarity. Users can always write the map
 Why the default threshold is 0 (clusters merge while their mean cross-affinity is not negative, so only groups
 that conflict on average stay apart) rather than a high cosine: splitting is not free. The sampler trains one
 cluster per step, so a cluster's experts get a gradient only on the steps that draw it (about 1/C of them with C
-clusters of equal size; shares follow cluster size, `sampler.mixing`), and shared experts see only their
-cluster's data. Orthogonal gradients (cosine ~ 0) do not pull a shared adapter against each other, so only
+clusters of as many tasks; a cluster's share is the sum of its tasks', `sampler.mixing`), and shared experts see
+only their cluster's data. Orthogonal gradients (cosine ~ 0) do not pull a shared adapter against each other, so only
 conflict is a reason to pay that. On both demo variants one cluster of all nine tasks, at its step-matched lr,
 scored above the hand-written three, and a cluster per task scored lowest (docs/experiments.md, 2026-12-06 and
 2026-12-07).
@@ -161,7 +161,7 @@ def to_yaml(clusters: Mapping[str, Sequence[str]], affinity: Mapping[str, Mappin
     if len(clusters) > 1:
         lines.append(
             f"# each training step draws one cluster (sampler.mixing): a cluster's experts train only on the steps that"
-            f" draw it, about 1/{len(clusters)} of them with {len(clusters)} clusters of equal size"
+            f" draw it, its tasks' share of them (1/{len(clusters)} with {len(clusters)} clusters of as many tasks)"
         )
     lines.append(
         yaml.safe_dump(

@@ -9,11 +9,14 @@ Mixing. The law is over tasks: task t's share of the examples is p_t ∝ w(n_t),
 examples and w(n) = n (proportional), 1 (uniform) or n^(1/T) (temperature). A cluster is drawn for each
 scheduling unit (a micro-step, or with cluster_per="optimizer_step" the grad_accum micro-steps of one optimizer
 step) with probability p_c = sum of its tasks' p_t, and inside the cluster each slot draws a task ∝ w(n_t); a
-task whose examples are used up gives its slots to the cluster's other tasks. So how often a task is trained does
-not depend on the cluster map (the map decides which experts tasks share, not how much data each gets): a law over
-clusters (p_c ∝ w(n_c)) would give the tasks of a small cluster far more steps than those of a large one under
-`uniform` or `temperature` (a 7 + 1 + 1 map at T = 2: 8 % of the steps to each task of the 7, 21 % to each
-single task).
+task whose examples are used up gives its slots to the cluster's other tasks. So, while every task has unused
+examples, how often a task is trained does not depend on the cluster map (the map decides which experts tasks
+share, not how much data each gets). A law over clusters (p_c ∝ w(n_c), before 2026-12-07) gave the tasks of a
+small cluster far more steps than those of a large one under `uniform` or `temperature` (a 7 + 1 + 1 map under
+`uniform`: 1/21 of the steps to each task of the seven, 1/3 to each single task). Two effects still tie a task's
+share to the map: a task used up inside a shared cluster hands its slots to the others (the mix drifts toward
+`proportional` until the epoch ends), while alone it ends the epoch; and a cluster too small for one unit is
+never drawn, where the same task inside a larger cluster would be.
 Examples of each task are taken in a shuffled order, without replacement. The epoch ends at the first unit
 whose cluster has fewer unused examples than the unit needs, so the cluster law holds over the whole epoch
 and no example is used twice in an epoch. A cluster too small to fill even one unit is never drawn (with a
@@ -123,6 +126,11 @@ class ClusterAwareBatchSampler:
         # every epoch at once: leave it out, loudly.
         unit = world_size * micro_batch_size * self.unit_steps
         self.cluster_weights = {c: sum(self.task_weights[c].values()) for c, n in sizes.items() if n >= unit}
+        # The law before 2026-12-07 (a cluster by its own size): a state saved under it resumes exactly only where
+        # both laws give every cluster the same share.
+        self.old_law_agrees = same_shares(
+            {c: self._weight(sizes[c]) for c in self.cluster_weights}, self.cluster_weights
+        )
         accum = f" x {grad_accum} accumulation steps" if self.unit_steps > 1 else ""
         if not self.cluster_weights:
             raise ValueError(
@@ -288,18 +296,25 @@ class ClusterAwareBatchSampler:
         if state["seed"] != self.seed:
             raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
         same_world = state.get("world_size", self.world_size) == self.world_size
-        if not same_world and state.get("layout") != self._layout():
+        saved = {k: v for k, v in state.get("layout", {}).items() if k != "law"}
+        if not same_world and saved != {k: v for k, v in self._layout().items() if k != "law"}:
             raise ValueError(
                 f"sampler state was saved with world_size {state['world_size']} and schedule layout "
                 f"{state.get('layout')}, this run has {self.world_size} and {self._layout()}: positions of other "
                 "global micro-batches do not map onto these batches"
             )
-        if "layout" in state and state["layout"].get("law") != "tasks":
+        if state.get("layout", {}).get("law") != "tasks" and not self.old_law_agrees:
             warnings.warn(
-                "this sampler state comes from a version that drew clusters by their own size (p_c ∝ w(n_c)); the run "
-                "goes on with the task law, so with clusters of unequal size the rest of this epoch may use an example "
-                "twice or not at all",
+                "this sampler state comes from a version that drew clusters by their own size (p_c ∝ w(n_c)), which "
+                "gives this cluster map other cluster shares than the task law it goes on with: the rest of this epoch "
+                "may use an example twice or not at all",
                 stacklevel=2,
             )
         self.set_epoch(int(state["epoch"]))
         self.position = int(state["position"])
+
+
+def same_shares(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """Whether two weightings of the same clusters give every cluster the same share of the draws."""
+    total_a, total_b = sum(a.values()), sum(b.values())
+    return all(abs(a[c] / total_a - b[c] / total_b) < 1e-9 for c in a)

@@ -75,7 +75,7 @@ def test_the_yaml_shows_the_affinity_and_the_cost_of_a_split():
     assert yaml.safe_load(text) == {"clusters": {"cluster0": ["a"], "cluster1": ["b"]}}
     rows = [line for line in text.splitlines() if line.startswith("#  ")]
     assert [row.split()[2:] for row in rows[-2:]] == [["a", "1.00", "-0.25"], ["b", "-0.25", "1.00"]]
-    assert "about 1/2 of them with 2 clusters" in text
+    assert "(1/2 with 2 clusters of as many tasks)" in text
 
 
 def test_cli_prints_a_cluster_map_as_yaml(tmp_path):
