@@ -9,7 +9,7 @@ task), each at the learning rate its own validation grid picked, over several se
 1. Data: a validation split is carved from the training files (per task, seeded; disjoint from training and
    from the eval files by example) unless --validation_files gives one. Written under <out>/data/.
 2. Learning rate of the experts: per method and budget, a --grid_steps run at each lr of --lr_grid, scored on the
-   validation split; the best mean picks the lr, and the report marks lrs not significantly below it (paired
+   validation split; the best mean picks the lr, and the report marks lrs validation cannot tell from it (paired
    bootstrap). CGC-LoRA's controls take CGC-LoRA's lr (those with another cluster map excepted); --lrs gives a
    method a known lr under both budgets. The gates' lr is their own (train.gate_lr, or --gate_lr). The eval files
    are never looked at here.

@@ -30,7 +30,7 @@ from cgc.adapter.model import attach
 from cgc.adapter.presets import shared_lora
 from cgc.data.tokenization import MultiTaskCollator, encode_example
 
-DEFAULT_THRESHOLD = 0.0  # merge while the closest clusters' mean affinity is >= this: split only conflicting tasks
+DEFAULT_THRESHOLD = 0.0  # merge while the closest clusters' mean affinity is >= this: groups that conflict stay apart
 
 
 def task_gradients(
