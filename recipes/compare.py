@@ -8,11 +8,11 @@ task), each at the learning rate its own validation grid picked, over several se
 
 1. Data: a validation split is carved from the training files (per task, seeded; disjoint from training and
    from the eval files by example) unless --validation_files gives one. Written under <out>/data/.
-2. Learning rate of the experts: per method and budget, a --grid_steps run at each lr of --lr_grid, scored on the
-   validation split; the best mean picks the lr, and the report marks lrs validation cannot tell from it (paired
-   bootstrap). CGC-LoRA's controls take CGC-LoRA's lr (those with another cluster map excepted); --lrs gives a
-   method a known lr under both budgets. The gates' lr is their own (train.gate_lr, or --gate_lr). The eval files
-   are never looked at here.
+2. Learning rate of the experts: per method and budget, a --grid_steps run at each lr of --lr_grid (--grid_seeds
+   runs: seed, seed+1, ...), scored on the validation split; the best mean picks the lr, and the report marks lrs
+   validation cannot tell from it (paired bootstrap over the validation examples and the grid's seeds). CGC-LoRA's
+   controls take CGC-LoRA's lr (those with another cluster map excepted); --lrs gives a method a known lr under both
+   budgets. The gates' lr is their own (train.gate_lr, or --gate_lr). The eval files are never looked at here.
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
    the eval files (--eval_examples per task where the data has them).
 4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, a paired bootstrap 95 % interval of CGC-LoRA
@@ -20,25 +20,23 @@ task), each at the learning rate its own validation grid picked, over several se
    seesaw.png, budgets.png, gates.png.
 
 Every run is one run of recipes/finetune.py under --out (default <output_dir>/compare): grid/<method>/lr_<lr>/ and
-<method>/seed_<seed>/, with `@served` after the method where the served budget gives it another configuration (a
-method configured the same under both budgets runs once). Run the same command again after an interruption:
-finished runs are kept (their scores and adapters; their checkpoints are deleted, and a grid run's adapters, unless
---keep_checkpoints), an interrupted one resumes from its last checkpoint.
+<method>/seed_<seed>/ (a grid's further seeds: lr_<lr>_seed_<seed>/, so a rerun with more --grid_seeds keeps the
+first), with `@served` after the method where the served budget gives it another configuration (a method configured
+the same under both budgets runs once). Run the same command again after an interruption: finished runs are kept
+(their scores and adapters; their checkpoints are deleted, and a grid run's adapters, unless --keep_checkpoints), an
+interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
-from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
 import numpy as np
 
-import cgc
 from cgc.adapter import presets
 from cgc.adapter.presets import CONTROLS, LABELS, method_shape, takes_our_lr
 from cgc.analysis import gate_report
@@ -47,10 +45,10 @@ from cgc.analysis.report import GIVEN, OURS
 from cgc.analysis.report_files import write_report
 from cgc.analysis.stats import paired_bootstrap
 from cgc.data.validation_split import write_jsonl
-from cgc.evaluation import task_metrics
-from cgc.recipe import ConfigError, RecipeConfig, error_exit, load_recipe_config
+from cgc.recipe import ConfigError, error_exit, load_recipe_config
 from cgc.recipe.child_runs import is_done, launcher, prune_finished, run_to_end, write_run_config
 from cgc.recipe.comparison import (
+    Plan,
     check_split_record,
     parse_arguments,
     parse_given_lrs,
@@ -80,56 +78,6 @@ def main(argv: list[str] | None = None) -> None:
 # ==== the phases, in the order main() runs them ================================================================
 
 
-@dataclass
-class Plan:
-    """What the comparison runs, decided and checked before any training."""
-
-    args: argparse.Namespace
-    cfg: RecipeConfig
-    methods: list[str]
-    matches: list[str]  # the budgets compared: "trainable", "served"
-    grid: list[float]  # the learning rates tried per method (one: no grid)
-    given: dict[str, float]  # method -> the lr --lrs gave it: no grid for it
-    presets: dict[str, dict[str, cgc.CGCLoraConfig]]  # budget -> method -> its configuration
-    budget: int  # total expert rank per adapted layer
-    asked: int  # the budget asked for (raised to `budget` when too small for min_rank)
-    rows: dict[str, list[dict]]  # "train", "validation", "eval" -> examples
-    files: dict[str, Path]  # the same, written under <out>/data
-    out: Path
-    runs: count  # numbers the runs as they start
-
-    @property
-    def gate_lr(self) -> float:
-        return self.args.gate_lr or self.cfg.train.gate_lr
-
-    @property
-    def metrics(self) -> dict:
-        return task_metrics(self.cfg.cgc.tasks, self.cfg.eval.default_metric, self.cfg.eval.metrics)
-
-    @property
-    def grid_steps(self) -> int:
-        return self.args.grid_steps or max(1, self.cfg.train.max_steps // 2)
-
-    def run_name(self, match: str, method: str) -> str:
-        """The method's directory name: plain where its configuration is the trainable budget's."""
-        same = self.presets[match][method] == self.presets["trainable"][method]
-        return method if match == "trainable" or same else f"{method}@served"
-
-    def tuned(self, method: str, match: str = "trainable") -> bool:
-        """Whether the method gets a grid of its own under `match` (a control that keeps CGC-LoRA's cluster map
-        takes CGC-LoRA's lr; with --served_lr trainable, a served method takes its trainable lr; --lrs gives a
-        method its lr)."""
-        borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
-        control = takes_our_lr(method, self.methods)
-        return len(self.grid) > 1 and not control and not borrowed and method not in self.given
-
-    @property
-    def total_runs(self) -> int:
-        names = {self.run_name(match, m): (m, match) for match in self.matches for m in self.methods}
-        grids = sum(len(self.grid) for m, match in names.values() if self.tuned(m, match))
-        return grids + len(names) * self.args.seeds
-
-
 def make_plan(args) -> Plan:
     """Config, data (the validation split carved or read) and each method's config; bad input exits 2."""
     try:
@@ -146,8 +94,8 @@ def make_plan(args) -> Plan:
                 "--served_lr trainable takes each method's lr from the trainable budget: add it to --match"
             )
         grid, given = parse_grid(args.lr_grid), parse_given_lrs(args.lrs, methods)
-        if args.seeds < 1 or args.eval_examples < 1 or args.validation_per_task < 1 or args.min_rank < 1:
-            raise ConfigError("--seeds, --eval_examples, --validation_per_task and --min_rank must be >= 1")
+        if min(args.seeds, args.grid_seeds, args.eval_examples, args.validation_per_task, args.min_rank) < 1:
+            raise ConfigError("--seeds, --grid_seeds, --eval_examples, --validation_per_task, --min_rank must be >= 1")
         if not cfg.data.eval_files:
             raise ConfigError("the report needs held-out examples: set data.eval_files")
         carve = not args.validation_files and len(grid) > 1  # one lr: nothing to choose, nothing to carve
@@ -198,9 +146,9 @@ def print_budgets(plan: Plan) -> None:
 
 
 def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
-    """Per method and budget: a grid_steps run at each lr of the grid, scored on validation; the best mean wins (a
-    tie: the first listed). -> (budget, method) -> {"lr", "gate_lr", "grid": {lr: score}, "grid_ties": [lrs
-    validation cannot tell from the choice]} or {"lr", "lr_from"}"""
+    """Per method and budget: grid_steps runs at each lr of the grid (one per grid seed), scored on validation; the
+    best mean over them wins (a tie: the first listed). -> (budget, method) -> {"lr", "gate_lr", "grid": {lr: mean
+    score}, "grid_ties": [lrs validation cannot tell from the choice]} or {"lr", "lr_from"}"""
     chosen = {}
     order = sorted(plan.methods, key=lambda m: takes_our_lr(m, plan.methods))  # CGC-LoRA before those taking its lr
     for match in plan.matches:
@@ -217,11 +165,15 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
                 continue
             scores, runs, name, n_val = {}, {}, plan.run_name(match, m), len(plan.rows["validation"])
             for lr in plan.grid:
-                settings = run_settings(plan, lr, plan.cfg.seed, plan.grid_steps, plan.files["validation"], n_val)
-                label = f"{LABELS[m]} ({match}), grid lr {lr:g}"
-                grid_run = plan.out / "grid" / name / f"lr_{lr:g}"
-                result = train_and_score(plan, match, m, grid_run, settings, label, keep_adapters=False)
-                scores[f"{lr:g}"], runs[f"{lr:g}"] = result["mean"], grid_run
+                runs[f"{lr:g}"], means = [], []
+                for seed in seeds(plan, plan.args.grid_seeds):  # the first seed's dir keeps its one-seed name
+                    tail = f"_seed_{seed}" if seed != plan.cfg.seed else ""
+                    settings = run_settings(plan, lr, seed, plan.grid_steps, plan.files["validation"], n_val)
+                    label = f"{LABELS[m]} ({match}), grid lr {lr:g}, seed {seed}"
+                    grid_run = plan.out / "grid" / name / f"lr_{lr:g}{tail}"
+                    means.append(train_and_score(plan, match, m, grid_run, settings, label, False)["mean"])
+                    runs[f"{lr:g}"].append(grid_run)
+                scores[f"{lr:g}"] = float(np.mean(means))
             lr = plan.grid[int(np.argmax(list(scores.values())))]
             ties = seesaw.lrs_within_noise(runs, f"{lr:g}", plan.metrics)
             chosen[(match, m)] = {"lr": lr, "gate_lr": plan.gate_lr, "grid": scores, "grid_ties": ties}
@@ -279,8 +231,9 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
 # ==== helpers of the phases ====================================================================================
 
 
-def seeds(plan: Plan) -> list[int]:
-    return [plan.cfg.seed + i for i in range(plan.args.seeds)]
+def seeds(plan: Plan, n: int | None = None) -> list[int]:
+    """The config's seed, +1, ...: n of them (default --seeds)."""
+    return [plan.cfg.seed + i for i in range(n or plan.args.seeds)]
 
 
 def run_settings(plan: Plan, lr: float, seed: int, steps: int, eval_file: Path, eval_n: int) -> dict:
@@ -327,7 +280,12 @@ def setup(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> dict:
     seen = json.loads(RunDir(first).summary.read_text()).get("examples_per_task", {})
     args = plan.args
     validation = (len(plan.rows["validation"]), bool(args.validation_files))
-    lrs = (plan.gate_lr, plan.cfg.seed, plan.given, any("grid" in c for c in chosen.values()))  # the last: a grid ran
+    lrs = (
+        plan.gate_lr,
+        seeds(plan, args.grid_seeds),
+        plan.given,
+        any("grid" in c for c in chosen.values()),
+    )  # the last: a grid ran
     return {
         "command": " ".join(["python recipes/compare.py", *map(shlex.quote, argv)]),
         "model": plan.cfg.model.name_or_path,

@@ -101,22 +101,21 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
     return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
 
 
-def lrs_within_noise(grid_runs: dict[str, Path], chosen: str, metrics: dict[str, MetricSpec]) -> list[str]:
+def lrs_within_noise(grid_runs: dict[str, list[Path]], chosen: str, metrics: dict[str, MetricSpec]) -> list[str]:
     """The grid's other lrs that validation cannot tell apart from the chosen one: the paired bootstrap 95 %
-    interval of their difference (over the same validation examples) includes 0. A small validation split (the
-    demo's 16 examples a task) cannot resolve differences of a few points. `grid_runs`: lr (as the report writes
-    it) -> its grid run's dir. No validation answers to pair: nothing to say ([])."""
-    lrs = list(grid_runs)
-    scores, _ = per_example_scores([grid_runs[lr] for lr in lrs], metrics)  # task -> (lrs, examples)
-    scores = {task: s for task, s in scores.items() if s.shape[1]}
-    if not scores:
+    interval of their difference (over the same validation examples and grid seeds) includes 0. A small validation
+    split (the demo's 16 examples a task) or one seed cannot resolve differences of a few points. `grid_runs`: lr
+    (as the report writes it) -> its grid runs' dirs, one per seed, in the same seed order for every lr. No
+    validation answers to pair: nothing to say ([])."""
+    scores, orders = {}, set()
+    for lr, runs in grid_runs.items():
+        per_task, order = per_example_scores(runs, metrics)  # task -> (seeds, examples)
+        scores[lr], orders = {task: s for task, s in per_task.items() if s.shape[1]}, orders | {tuple(order)}
+    if len(orders) > 1:
+        raise RuntimeError("the grid runs were scored on different validation examples; cannot pair them")
+    if not scores[chosen]:
         return []
-    best = {task: s[[lrs.index(chosen)]] for task, s in scores.items()}
-    return [
-        lr
-        for i, lr in enumerate(lrs)
-        if lr != chosen and not paired_bootstrap(best, {task: s[[i]] for task, s in scores.items()})["significant"]
-    ]
+    return [lr for lr in scores if lr != chosen and not paired_bootstrap(scores[chosen], scores[lr])["significant"]]
 
 
 def eval_examples_per_task(run_dir: Path) -> str:
@@ -132,12 +131,12 @@ def tuning_note(
     n_validation: int,
     validation_given: bool,
     gate_lr: float,
-    seed: int,
+    grid_seeds: list[int],
     given: dict[str, float] | None = None,
     grid_ran: bool = True,
 ) -> str:
     """How each method's learning rate was chosen, for report.md (`given`: method -> the lr --lrs gave it;
-    `grid_ran`: whether any method ran the grid)."""
+    `grid_ran`: whether any method ran the grid; `grid_seeds`: the seeds of each lr's grid runs)."""
     gates = f"The gates' learning rate is their own: {gate_lr:g} at every step of every run (no warmup, no decay)."
     controls = "CGC-LoRA's controls take CGC-LoRA's lr, but for those with another cluster map (an lr of their own)."
     if given:
@@ -148,9 +147,10 @@ def tuning_note(
         return f"Learning rate: {grid[0]:g} for every method not given (no grid); {controls} {gates}"
     if not grid_ran:
         return f"No lr grid ran; the {n_validation} validation examples were still {where}. {controls} {gates}"
+    runs = f"seed {grid_seeds[0]}" if len(grid_seeds) == 1 else f"seeds {', '.join(map(str, grid_seeds))}: their mean"
     return (
-        f"Learning rate of the experts: per method, the best mean validation score of {grid_steps}-step runs (seed "
-        f"{seed}) at each lr of {', '.join(f'{lr:g}' for lr in grid)}; validation: {n_validation} examples {where}; "
+        f"Learning rate of the experts: per method, the best mean validation score of {grid_steps}-step runs ({runs}"
+        f") at each lr of {', '.join(f'{lr:g}' for lr in grid)}; validation: {n_validation} examples {where}; "
         f"an exact tie goes to the first lr listed; {controls} The eval examples were not used for the choice. {gates}"
     )
 

@@ -1,6 +1,7 @@
 """The inputs of the seesaw comparison (recipes/compare.py), checked before anything trains: the lr grid, the data
 split (a validation split carved from training, or given and checked disjoint), the record that keeps a re-run from
-mixing two splits, the shared:own rank ratio of the user's CGC-LoRA, and each method's trainable parameters."""
+mixing two splits, the shared:own rank ratio of the user's CGC-LoRA, each method's trainable parameters, and the
+Plan that holds them all."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import argparse
 import copy
 import json
 import math
+from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from cgc.adapter.presets import LABELS, takes_our_lr
 from cgc.analysis.report import OURS
 from cgc.data import DataError, load_task_examples
 from cgc.data.validation_split import carve_validation, check_disjoint
+from cgc.evaluation import task_metrics
 from cgc.models import load_recipe_model
 from cgc.recipe.config import RecipeConfig
 from cgc.recipe.errors import ConfigError
@@ -43,6 +47,10 @@ def parse_arguments(argv: list[str] | None, description: str) -> argparse.Namesp
         help="method=lr,...: these methods take the given lr instead of a grid (e.g. an earlier report's choice)",
     )  # fmt: skip
     parser.add_argument("--grid_steps", type=int, help="steps of each grid run (default: half of train.max_steps)")
+    parser.add_argument(
+        "--grid_seeds", type=int, default=1,
+        help="runs per lr of the grid (seed, seed+1, ...), the choice on their mean: more tell close lrs apart",
+    )  # fmt: skip
     parser.add_argument("--gate_lr", type=float, help="the gates' lr in every run (default: the config's gate_lr)")
     parser.add_argument("--validation_per_task", type=int, default=32, help="validation examples carved per task")
     parser.add_argument("--validation_files", help="comma-separated validation files instead of a carved split")
@@ -146,3 +154,53 @@ def trainable_counts(cfg, configs: dict[str, cgc.CGCLoraConfig]) -> dict[str, in
     m = cfg.model
     base, _ = load_recipe_model(m.name_or_path, m.gguf_file, "none", "float32", seed=cfg.seed)
     return {name: cgc.attach(copy.deepcopy(base), c).num_trainable_parameters() for name, c in configs.items()}
+
+
+@dataclass
+class Plan:
+    """What the comparison runs, decided and checked before any training."""
+
+    args: argparse.Namespace
+    cfg: RecipeConfig
+    methods: list[str]
+    matches: list[str]  # the budgets compared: "trainable", "served"
+    grid: list[float]  # the learning rates tried per method (one: no grid)
+    given: dict[str, float]  # method -> the lr --lrs gave it: no grid for it
+    presets: dict[str, dict[str, cgc.CGCLoraConfig]]  # budget -> method -> its configuration
+    budget: int  # total expert rank per adapted layer
+    asked: int  # the budget asked for (raised to `budget` when too small for min_rank)
+    rows: dict[str, list[dict]]  # "train", "validation", "eval" -> examples
+    files: dict[str, Path]  # the same, written under <out>/data
+    out: Path
+    runs: count  # numbers the runs as they start
+
+    @property
+    def gate_lr(self) -> float:
+        return self.args.gate_lr or self.cfg.train.gate_lr
+
+    @property
+    def metrics(self) -> dict:
+        return task_metrics(self.cfg.cgc.tasks, self.cfg.eval.default_metric, self.cfg.eval.metrics)
+
+    @property
+    def grid_steps(self) -> int:
+        return self.args.grid_steps or max(1, self.cfg.train.max_steps // 2)
+
+    def run_name(self, match: str, method: str) -> str:
+        """The method's directory name: plain where its configuration is the trainable budget's."""
+        same = self.presets[match][method] == self.presets["trainable"][method]
+        return method if match == "trainable" or same else f"{method}@served"
+
+    def tuned(self, method: str, match: str = "trainable") -> bool:
+        """Whether the method gets a grid of its own under `match` (a control that keeps CGC-LoRA's cluster map
+        takes CGC-LoRA's lr; with --served_lr trainable, a served method takes its trainable lr; --lrs gives a
+        method its lr)."""
+        borrowed = match == "served" and self.args.served_lr == "trainable" and self.run_name(match, method) != method
+        control = takes_our_lr(method, self.methods)
+        return len(self.grid) > 1 and not control and not borrowed and method not in self.given
+
+    @property
+    def total_runs(self) -> int:
+        names = {self.run_name(match, m): (m, match) for match in self.matches for m in self.methods}
+        grids = sum(len(self.grid) * self.args.grid_seeds for m, match in names.values() if self.tuned(m, match))
+        return grids + len(names) * self.args.seeds

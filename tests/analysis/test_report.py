@@ -155,31 +155,46 @@ def test_without_per_task_lora_there_are_no_deltas_and_the_files_are_written(tmp
 
 def test_the_tuning_note_says_which_lrs_were_given_and_whether_a_grid_ran():
     grid = [1e-4, 2e-4]
-    ran = tuning_note(grid, 50, 125, False, 1e-2, 0, {"moelora": 5e-4}, grid_ran=True)
-    assert "best mean validation score of 50-step runs" in ran and "MOELoRA 0.0005" in ran
-    none = tuning_note(grid, 50, 125, False, 1e-2, 0, {"moelora": 5e-4, "cgc_lora": 1e-4}, grid_ran=False)
+    ran = tuning_note(grid, 50, 125, False, 1e-2, [0], {"moelora": 5e-4}, grid_ran=True)
+    assert "best mean validation score of 50-step runs (seed 0)" in ran and "MOELoRA 0.0005" in ran
+    two = tuning_note(grid, 50, 125, False, 1e-2, [3, 4])
+    assert "50-step runs (seeds 3, 4: their mean)" in two
+    none = tuning_note(grid, 50, 125, False, 1e-2, [0], {"moelora": 5e-4, "cgc_lora": 1e-4}, grid_ran=False)
     assert none.startswith("No lr grid ran") and "validation score" not in none and "CGC-LoRA 0.0001" in none
-    assert "for every method not given" in tuning_note([3e-4], 50, 0, False, 1e-2, 0)
+    assert "for every method not given" in tuning_note([3e-4], 50, 0, False, 1e-2, [0])
 
 
 def test_the_grid_marks_lrs_the_validation_split_cannot_tell_from_the_choice(tmp_path):
     """A paired bootstrap over the same validation examples: one answer apart is noise, all answers apart is not."""
 
-    def grid_run(lr: str, wrong: int) -> str:
-        run = tmp_path / f"lr_{lr}"
+    def grid_run(name: str, wrong: int, examples: int = 40, first: int = 0) -> str:
+        run = tmp_path / name
         run.mkdir()
         rows = [
-            {"task": t, "input": f"{t} {i}", "target": "x", "prediction": "y" if t == "a" and i < wrong else "x"}
+            {
+                "task": t,
+                "input": f"{t} {i}",
+                "target": "x",
+                "prediction": "y" if t == "a" and first <= i < first + wrong else "x",
+            }
             for t in ("a", "b")
-            for i in range(40)
+            for i in range(examples)
         ]
         (run / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return run
 
-    runs = {"0.001": grid_run("0.001", 0), "0.002": grid_run("0.002", 1), "0.004": grid_run("0.004", 40)}
+    runs = {"0.001": [grid_run("a", 0)], "0.002": [grid_run("b", 1)], "0.004": [grid_run("c", 40)]}
     metrics = task_metrics(["a", "b"], "exact_match", {})
     assert lrs_within_noise(runs, "0.001", metrics) == ["0.002"]
     assert lrs_within_noise(runs, "0.002", metrics) == ["0.001"]  # a tie either way; all of `a` wrong is not
+    # Seeds pool: two answers apart is noise in one run, not when five seeds each miss two others.
+    one = {"0.001": [grid_run("d", 0)], "0.002": [grid_run("e", 2)]}
+    five = {"0.001": [grid_run(f"f{s}", 0) for s in range(5)]}
+    five["0.002"] = [grid_run(f"g{s}", 2, first=2 * s) for s in range(5)]
+    assert lrs_within_noise(one, "0.001", metrics) == ["0.002"]
+    assert lrs_within_noise(five, "0.001", metrics) == []
+    with pytest.raises(RuntimeError, match="different validation examples"):
+        lrs_within_noise({"0.001": [grid_run("h", 0)], "0.002": [grid_run("i", 0, examples=39)]}, "0.001", metrics)
 
     row = method({"add": 0.5, "uppercase": 0.5, "length": 0.5}) | {"grid_ties": ["0.003"]}
     text = markdown(build_report({"trainable": {"moelora": row}}, SETUP))

@@ -1,6 +1,7 @@
 """recipes/compare.py (the seesaw report), recipes/evaluate.py and recipes/export.py end to end on the tiny config."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
             assert not (grid_run / "checkpoints").exists() and not (grid_run / "adapters").exists()
         assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
         # The lrs validation cannot tell from the choice, from the grid runs' own answers, marked in report.md.
-        runs = {lr: out / "grid" / name / f"lr_{lr}" for lr in row["grid"]}
+        runs = {lr: [out / "grid" / name / f"lr_{lr}"] for lr in row["grid"]}
         assert row["grid_ties"] == lrs_within_noise(runs, f"{row['lr']:g}", metrics)
         assert set(row["grid_ties"]) <= set(row["grid"]) - {f"{row['lr']:g}"}
         ties_in_md = "≈" in (out / "report.md").read_text()
@@ -120,6 +121,31 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
     for image in ("seesaw.png", "gates.png", "budgets.png"):
         png = (out / image).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_more_grid_seeds_keep_the_first_seeds_runs_and_choose_on_their_mean(tmp_path):
+    """--grid_seeds 2 after a one-seed grid: its runs are kept, each lr gains a seed-1 run, the choice is the best
+    mean over the two seeds, and the ties pair both seeds' answers."""
+    args = [arg if arg != ",".join(BASELINES) else "shared_lora" for arg in COMPARE] + ["--out", tmp_path]
+    first = run("recipes/compare.py", "--config", TINY, *args, *FAST, "--seeds", "1")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    shutil.rmtree(tmp_path / "shared_lora")  # the final run, at the one-seed choice (a rerun refuses another lr's)
+    more = run("recipes/compare.py", "--config", TINY, *args, *FAST, "--seeds", "1", "--grid_seeds", "2")
+    assert more.returncode == 0, (more.stdout + more.stderr)[-4000:]
+    assert more.stdout.count("done earlier, kept") == 2 and more.stdout.count("steps, lr") == 2 + 1  # 2 grid, 1 final
+    row = json.loads((tmp_path / "report.json").read_text())["budgets"]["trainable"]["methods"]["shared_lora"]
+    runs = {
+        lr: [tmp_path / "grid" / "shared_lora" / f"lr_{lr}{tail}" for tail in ("", "_seed_1")] for lr in row["grid"]
+    }
+    for lr, (seed_0, seed_1) in runs.items():
+        assert [yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in (seed_0, seed_1)] == [0, 1]
+        means = [json.loads((r / "eval.json").read_text())["mean"] for r in (seed_0, seed_1)]
+        assert row["grid"][lr] == pytest.approx(np.mean(means))
+    assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
+    cfg = load_recipe_config(TINY, [])
+    metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+    assert row["grid_ties"] == lrs_within_noise(runs, f"{row['lr']:g}", metrics)
+    assert "runs (seeds 0, 1: their mean)" in (tmp_path / "report.md").read_text()
 
 
 def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
