@@ -116,6 +116,10 @@ def make_plan(args) -> Plan:
         check_split_record(out / "data" / "split.json", split_record(cfg, args, carve))
     except ValueError as err:  # cgc.CGCError included
         error_exit(str(err))
+    if args.grid_seeds > 1 and (len(grid) == 1 or set(methods) <= set(given)):
+        print(
+            "warning: --grid_seeds has no effect: no lr grid runs (one lr, or --lrs for every method)", file=sys.stderr
+        )
     without = sorted(set(cfg.cgc.tasks) - {row["task"] for row in rows["validation"]})
     if without and len(grid) > 1:
         print(f"warning: no validation examples for {without}: they take no part in the lr choice", file=sys.stderr)
@@ -183,18 +187,33 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
 
 
 def final_runs(plan: Plan, chosen: dict) -> dict[tuple[str, str], list[Path]]:
-    """Every method at its chosen lr, for every budget and seed, scored on the eval files. -> its run dirs"""
-    finals: dict[tuple[str, str], list[Path]] = {}
+    """Every method at its chosen lr, for every budget and seed, scored on the eval files. -> its run dirs. Final
+    runs made earlier with other settings (a choice that moved with more --grid_seeds) are all named before any
+    trains."""
+    runs = {}  # (budget, method) -> [(run dir, settings), ...]
     for match in plan.matches:
         for m in plan.methods:
-            finals[(match, m)] = []
-            for seed in seeds(plan):
-                steps, n_eval = plan.cfg.train.max_steps, plan.args.eval_examples
-                settings = run_settings(plan, chosen[(match, m)]["lr"], seed, steps, plan.files["eval"], n_eval)
-                run_dir = plan.out / plan.run_name(match, m) / f"seed_{seed}"
-                train_and_score(plan, match, m, run_dir, settings, f"{LABELS[m]} ({match}), seed {seed}")
-                finals[(match, m)].append(run_dir)
-    return finals
+            steps, n_eval, lr = plan.cfg.train.max_steps, plan.args.eval_examples, chosen[(match, m)]["lr"]
+            runs[(match, m)] = [
+                (
+                    plan.out / plan.run_name(match, m) / f"seed_{s}",
+                    run_settings(plan, lr, s, steps, plan.files["eval"], n_eval),
+                )
+                for s in seeds(plan)
+            ]
+    refused = []
+    for (match, m), planned in runs.items():
+        for run_dir, settings in planned:
+            try:
+                write_run_config(plan.cfg, plan.presets[match][m], run_dir, plan.files["train"], settings, True)
+            except ConfigError as err:
+                refused.append(str(err))
+    if refused:
+        error_exit("\n".join(dict.fromkeys(refused)))  # a run shared by both budgets is named once
+    for (match, m), planned in runs.items():
+        for run_dir, settings in planned:
+            train_and_score(plan, match, m, run_dir, settings, f"{LABELS[m]} ({match}), seed {settings['seed']}")
+    return {key: [run_dir for run_dir, _ in planned] for key, planned in runs.items()}
 
 
 def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> dict:
@@ -297,6 +316,7 @@ def setup(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> dict:
         "examples_per_task": seesaw.eval_examples_per_task(first),
         "seeds": args.seeds,
         "seed_values": seeds(plan),
+        "grid_seeds": args.grid_seeds,
         "inputs": seesaw.inputs_note(plan.rows["train"] + plan.rows["validation"], plan.rows["eval"]),
         "tuning": seesaw.tuning_note(plan.grid, plan.grid_steps, *validation, *lrs),
         **({"training_examples": seesaw.training_note(seen)} if seen else {}),

@@ -32,8 +32,8 @@ BUDGET_TITLES = {
 def build_report(budgets: dict[str, dict[str, dict]], setup: dict) -> dict:
     """`budgets`: budget ("trainable", "served") -> method -> {"config": shape (cgc.presets.method_shape),
     "seeds": [{"eval": eval.json, "summary": run_summary.json}, ...], optional "lr", "gate_lr", "grid" ({lr:
-    validation score}), "grid_ties" (lrs validation cannot tell from the choice), "lr_from" (the method whose lr it
-    took), "export_bytes"}. -> the report.json object."""
+    mean validation score over the grid seeds}), "grid_ties" (lrs validation cannot tell from the choice),
+    "lr_from" (the method whose lr it took), "export_bytes"}. -> the report.json object."""
     first = next(iter(next(iter(budgets.values())).values()))["seeds"][0]["eval"]["tasks"]
     tasks = list(first)
     report = {"setup": setup, "reference": REFERENCE, "tasks": {t: first[t]["metric"] for t in tasks}, "budgets": {}}
@@ -107,6 +107,8 @@ def lrs_within_noise(grid_runs: dict[str, list[Path]], chosen: str, metrics: dic
     split (the demo's 16 examples a task) or one seed cannot resolve differences of a few points. `grid_runs`: lr
     (as the report writes it) -> its grid runs' dirs, one per seed, in the same seed order for every lr. No
     validation answers to pair: nothing to say ([])."""
+    if len({len(runs) for runs in grid_runs.values()}) > 1:
+        raise RuntimeError(f"every lr needs runs of the same grid seeds, got {[len(r) for r in grid_runs.values()]}")
     scores, orders = {}, set()
     for lr, runs in grid_runs.items():
         per_task, order = per_example_scores(runs, metrics)  # task -> (seeds, examples)

@@ -105,7 +105,8 @@ def grid_table(methods: dict) -> str:
         lines += [
             "",
             "≈: validation cannot tell this lr from the chosen one (the paired 95 % interval of their difference over "
-            "the same validation examples includes 0): more validation examples per task may.",
+            "the same validation examples and grid seeds includes 0): more validation examples per task, or more "
+            "--grid_seeds, may.",
         ]
     return "\n".join(lines) + "\n"
 

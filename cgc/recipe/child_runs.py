@@ -24,11 +24,13 @@ HOW_IT_RUNS = {"train.stop_after", "train.save_every", "train.keep_last", "train
                "eval.batch_size", "resume", "overwrite", "data.allow_eval_overlap", "data.allow_untrained"}  # fmt: skip
 
 
-def write_run_config(cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, train_file, settings: dict) -> Path:
+def write_run_config(
+    cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, train_file, settings: dict, check_only: bool = False
+) -> Path:
     """The base config with this method's `cgc` section, the split files (generic format), the run's seed, lr,
     steps and eval size (`settings`), its own output dir, and `resume: latest` so that a re-run continues it.
     Checked by loading it back before it is used; raises ConfigError when `run_dir` holds a run made with other
-    settings."""
+    settings. `check_only`: that check alone, nothing written."""
     raw = cfg.to_dict()
     raw["cgc"] = method.to_dict()
     raw["seed"] = settings["seed"]
@@ -46,8 +48,10 @@ def write_run_config(cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, tr
     )
     raw["eval"]["max_examples_per_task"] = settings["eval_examples"]
     raw.update(output_dir=str(run_dir.resolve()), resume="latest")
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = RunDir(run_dir).config  # finetune.py rewrites it resolved (defaults filled in): compare resolved
+    if check_only and not path.is_file():
+        return path  # no run there to differ from
+    run_dir.mkdir(parents=True, exist_ok=True)
     previous = load_recipe_config(path, []).to_dict() if path.is_file() else None
     draft = run_dir / ".config.next.yaml"
     draft.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -60,6 +64,9 @@ def write_run_config(cfg: RecipeConfig, method: CGCLoraConfig, run_dir: Path, tr
             f"{run_dir} was made with other settings ({', '.join(refused)} differ): use another --out, or remove "
             "that run to redo it"
         )
+    if check_only:
+        draft.unlink()
+        return path
     draft.replace(path)
     return path
 

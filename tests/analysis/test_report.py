@@ -165,7 +165,8 @@ def test_the_tuning_note_says_which_lrs_were_given_and_whether_a_grid_ran():
 
 
 def test_the_grid_marks_lrs_the_validation_split_cannot_tell_from_the_choice(tmp_path):
-    """A paired bootstrap over the same validation examples: one answer apart is noise, all answers apart is not."""
+    """A paired bootstrap over the same validation examples and grid seeds: one answer apart is noise, all answers
+    apart is not."""
 
     def grid_run(name: str, wrong: int, examples: int = 40, first: int = 0) -> str:
         run = tmp_path / name

@@ -137,10 +137,13 @@ def test_more_grid_seeds_keep_the_first_seeds_runs_and_choose_on_their_mean(tmp_
     runs = {
         lr: [tmp_path / "grid" / "shared_lora" / f"lr_{lr}{tail}" for tail in ("", "_seed_1")] for lr in row["grid"]
     }
+    seeds_differ = False
     for lr, (seed_0, seed_1) in runs.items():
         assert [yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in (seed_0, seed_1)] == [0, 1]
         means = [json.loads((r / "eval.json").read_text())["mean"] for r in (seed_0, seed_1)]
         assert row["grid"][lr] == pytest.approx(np.mean(means))
+        seeds_differ |= means[0] != means[1]
+    assert seeds_differ  # else the mean could not be told from either seed's score
     assert row["lr"] == float(max(row["grid"], key=row["grid"].get))
     cfg = load_recipe_config(TINY, [])
     metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
@@ -178,6 +181,15 @@ def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_runs(compared)
     result = run("recipes/compare.py", "--config", TINY, "--out", out, *other_split, *FAST)
     assert result.returncode == 2 and "holds a split made with other data settings" in result.stderr
     assert len((out / "data" / "validation.jsonl").read_text().splitlines()) == 2 * 9  # left as it was
+    # Other lrs for two methods (as a choice that moved with more --grid_seeds): every final run made at the old
+    # lr is named in one message, before any run trains.
+    moved = run(
+        "recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, "--lrs", "shared_lora=5e-3,moelora=5e-3", *FAST
+    )
+    assert moved.returncode == 2 and "steps, lr" not in moved.stdout, moved.stderr[-2000:]
+    for name in ("shared_lora", "moelora"):
+        for seed in (0, 1):
+            assert f"{name}/seed_{seed} was made with other settings (train.lr differ)" in moved.stderr
     assert (out / "report.json").read_text() == before
 
 
