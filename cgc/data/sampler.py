@@ -8,31 +8,33 @@ without communicating; rank k takes the k-th micro-batch of each global step.
 Mixing. The law is over tasks: task t's share of the examples is p_t ∝ w(n_t), where n is the number of
 examples and w(n) = n (proportional), 1 (uniform) or n^(1/T) (temperature). A cluster is drawn for each
 scheduling unit (a micro-step, or with cluster_per="optimizer_step" the grad_accum micro-steps of one optimizer
-step) with probability p_c = sum of its tasks' p_t, and inside the cluster each slot draws a task ∝ w(n_t); a
-task whose examples are used up gives its slots to the cluster's other tasks. So, while every task has unused
-examples, how often a task is trained does not depend on the cluster map (the map decides which experts tasks
-share, not how much data each gets). A law over clusters (p_c ∝ w(n_c), before 2026-12-07) gave the tasks of a
-small cluster far more steps than those of a large one under `uniform` or `temperature` (a 7 + 1 + 1 map under
-`uniform`: 1/21 of the steps to each task of the seven, 1/3 to each single task). Two effects still tie a task's
-share to the map: a task used up inside a shared cluster hands its slots to the others (the mix drifts toward
-`proportional` until the epoch ends), while alone it ends the epoch; and a cluster too small for one unit is
-never drawn, where the same task inside a larger cluster would be.
-Examples of each task are taken in a shuffled order, without replacement. The epoch ends at the first unit
-whose cluster has fewer unused examples than the unit needs, so the cluster law holds over the whole epoch
-and no example is used twice in an epoch. A cluster too small to fill even one unit is never drawn (with a
-warning). Each epoch reshuffles, so examples that one
-epoch did not reach are drawn in later ones; `epoch_usage()` reports what each epoch used per task.
+step) with probability p_c = sum of its tasks' p_t, and inside the cluster each slot draws a task ∝ w(n_t). So how
+often a task is trained does not depend on the cluster map: the map decides which experts tasks share, not how
+much data each gets. (Two earlier versions let the map decide, both fixed on 2026-12-07: clusters drawn by their
+own size, p_c ∝ w(n_c), gave each task of a 7 + 1 + 1 map under `uniform` 1/21 of the steps and each single task
+1/3; and a task used up inside a shared cluster handed its slots to the cluster's other tasks until the epoch
+ended, so 100 examples beside 4000 got 2.4 % of their examples under every mixing, against the 13.7 % of
+`temperature` and 50 % of `uniform` it got in a cluster of its own.) A cluster too small for one unit is never
+drawn (with a warning), where the same task inside a larger cluster would be.
+
+Epochs and passes. An epoch is as many examples as the data has (the clusters that can be drawn, in whole units:
+`epoch_units`). Each task's examples are taken in a shuffled order; a task drawn more often than it has examples
+(upsampled by `uniform` or `temperature`) starts a new pass over them in a fresh order, so an example repeats
+only after every example of its task was used, and a task drawn less often is not reached in full that epoch.
+Each epoch reshuffles every task; `epoch_usage()` reports what each epoch used per task.
 
 Length grouping (`lengths` given): when a cluster is drawn and has no grouped steps waiting, the sampler takes
 up to POOL_UNITS units' worth of its examples at once (by the same task law), sorts them by length, cuts them
 into units of neighbouring lengths and serves those units, in a shuffled order, the next times the cluster is
-drawn. Each micro-batch then holds examples of similar length and pays little padding; the cluster law, each
-example at most once per epoch and the state are unchanged. Examples waiting in a pool when the epoch ends
+drawn. Each micro-batch then holds examples of similar length and pays little padding; the law, the passes and
+the state are unchanged. Examples waiting in a pool when the epoch ends
 count as not reached.
 
 State (`state_dict`): seed, epoch and the number of micro-steps already yielded in the epoch; restoring
 recomputes the epoch's schedule and continues exactly where it stopped, also on another number of ranks when
-the global micro-batch (ranks x micro_batch_size) is the same.
+the global micro-batch (ranks x micro_batch_size) is the same. A state saved by a version before the passes
+(whose epoch ended when the drawn cluster ran short) resumes the same batches up to the first unit where a task
+ran short, with a warning.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from cgc.adapter.task_map import TaskMap
 
 MIXINGS = ("proportional", "uniform", "temperature")
 CLUSTER_PER = ("micro_step", "optimizer_step")
+LAW = "task passes"  # the mixing law over tasks, with new passes over an upsampled task (state_dict's layout)
 POOL_UNITS = 16  # units sorted by length together: more, less padding; fewer, less order imposed on the data
 
 
@@ -122,10 +125,12 @@ class ClusterAwareBatchSampler:
         sizes = {c: sum(len(self.examples_of_task[t]) for t in tw) for c, tw in self.task_weights.items()}
         if not any(sizes.values()):
             raise ValueError("no examples to sample from")
-        # A cluster with fewer examples than one scheduling unit could never fill it, and drawing it would end
-        # every epoch at once: leave it out, loudly.
+        # A cluster with fewer examples than one scheduling unit could fill it only by repeating examples inside
+        # one step: leave it out, loudly.
         unit = world_size * micro_batch_size * self.unit_steps
         self.cluster_weights = {c: sum(self.task_weights[c].values()) for c, n in sizes.items() if n >= unit}
+        # An epoch is as many examples as the clusters that can be drawn hold, in whole units.
+        self.epoch_units = sum(sizes[c] for c in self.cluster_weights) // unit
         # The law before 2026-12-07 (a cluster by its own size): a state saved under it resumes exactly only where
         # both laws give every cluster the same share.
         self.old_law_agrees = same_shares(
@@ -167,60 +172,70 @@ class ClusterAwareBatchSampler:
         unit = per_step * self.unit_steps
         schedule, usage = [], {t: 0 for t in self.examples_of_task}
         pools: dict[str, list[np.ndarray]] = {c: [] for c in names}  # length-grouped units waiting, per cluster
-        while True:
+        for _ in range(self.epoch_units):
             cluster = names[rng.choice(len(names), p=p)]
-            tasks = list(self.task_weights[cluster])
-            left = np.array([len(queues[t]) for t in tasks])
-            if not pools[cluster] and left.sum() < unit:  # the drawn cluster is used up: the epoch ends here
-                if not self.drop_last:
-                    schedule += self._last_partial_step(cluster, queues, usage)
-                return schedule, usage
-            if self.lengths is None:
-                picked = self._take(rng, cluster, tasks, queues, left, unit)
-                rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
-            else:
-                if not pools[cluster]:
-                    units = min(POOL_UNITS, int(left.sum()) // unit)
-                    taken = self._take(rng, cluster, tasks, queues, left, unit * units)
-                    by_length = taken[np.argsort(self.lengths[taken], kind="stable")]
-                    pools[cluster] = list(by_length.reshape(units, unit))
-                    rng.shuffle(pools[cluster])  # not shortest first: no curriculum by length
-                picked = pools[cluster].pop()  # neighbouring lengths, in order: each rank gets a similar slice
-            for task_id, n in zip(*np.unique(self.task_of_example[picked], return_counts=True), strict=True):
-                usage[self.task_map.name_of(int(task_id))] += int(n)
+            picked = self._next_unit(rng, cluster, queues, pools[cluster], unit)
+            self._count(picked, usage)
             schedule += [(cluster, step) for step in picked.reshape(self.unit_steps, per_step)]
+        if not self.drop_last:
+            schedule += self._last_partial_step(rng, names, p, queues, usage)
+        return schedule, usage
 
-    def _take(self, rng, cluster: str, tasks: list[str], queues, left: np.ndarray, size: int) -> np.ndarray:
-        """`size` unused examples of the cluster's tasks, the slots drawn by the task law."""
-        counts = self._task_counts(rng, cluster, tasks, left, size)
-        return np.array([queues[t].pop() for t, n in zip(tasks, counts, strict=True) for _ in range(n)])
+    def _next_unit(self, rng, cluster: str, queues, pool: list[np.ndarray], unit: int) -> np.ndarray:
+        """The next unit's examples of `cluster`. Length grouping: from the cluster's pool of units of neighbouring
+        lengths, refilled with up to POOL_UNITS units when empty."""
+        tasks = list(self.task_weights[cluster])
+        if self.lengths is None:
+            picked = self._take(rng, tasks, queues, self._task_counts(rng, cluster, tasks, unit))
+            rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
+            return picked
+        if not pool:
+            left = sum(len(queues[t]) for t in tasks)  # fewer units near the cluster's end: less drawn in vain
+            units = min(POOL_UNITS, max(1, left // unit))
+            taken = self._take(rng, tasks, queues, self._task_counts(rng, cluster, tasks, unit * units))
+            by_length = taken[np.argsort(self.lengths[taken], kind="stable")]
+            pool.extend(by_length.reshape(units, unit))
+            rng.shuffle(pool)  # not shortest first: no curriculum by length
+        return pool.pop()  # neighbouring lengths, in order: each rank gets a similar slice
 
-    def _task_counts(self, rng, cluster: str, tasks: list[str], left: np.ndarray, unit: int) -> np.ndarray:
-        """How many of the unit's slots go to each task: drawn by the task law among tasks with unused examples."""
+    def _task_counts(self, rng, cluster: str, tasks: list[str], size: int) -> np.ndarray:
+        """How many of `size` slots go to each of the cluster's tasks, drawn by the task law."""
         law = np.array([self.task_weights[cluster][t] for t in tasks])
-        counts = np.bincount(rng.choice(len(tasks), size=unit, p=law / law.sum()), minlength=len(tasks))
-        if (counts <= left).all():
-            return counts
-        # Some task ran short: draw slot by slot, each time only among tasks that still have examples.
-        counts = np.zeros(len(tasks), dtype=np.int64)
-        for _ in range(unit):
-            w = law * (counts < left)
-            counts[rng.choice(len(tasks), p=w / w.sum())] += 1
-        return counts
+        return np.bincount(rng.choice(len(tasks), size=size, p=law / law.sum()), minlength=len(tasks))
 
-    def _last_partial_step(self, cluster, queues, usage) -> list[tuple[str, np.ndarray]]:
-        """drop_last=False: one last step with what is left of the cluster, split evenly over the ranks."""
-        left = [i for t in self.task_weights[cluster] for i in queues[t]]
-        per_rank = min(self.micro_batch_size, len(left) // self.world_size)
+    def _take(self, rng, tasks: list[str], queues, counts: np.ndarray) -> np.ndarray:
+        """counts[i] examples of tasks[i] from its shuffled queue; a task whose queue runs out starts a new pass
+        over its examples in a fresh order (the law drew it more often than it has examples: it is upsampled), the
+        old pass's rest last in it, so that no example repeats within n_t draws of its task."""
+        taken = []
+        for task, n in zip(tasks, counts, strict=True):
+            while len(queues[task]) < n:  # popped from the end: this pass's rest first, then the new pass
+                rest = set(queues[task])
+                new = rng.permutation(self.examples_of_task[task])  # the rest's examples last in it: no repeats
+                queues[task] = [i for i in new if i in rest] + [i for i in new if i not in rest] + queues[task]
+            taken += [queues[task].pop() for _ in range(n)]
+        return np.array(taken, dtype=np.int64)
+
+    def _count(self, picked: np.ndarray, usage: dict[str, int]) -> None:
+        for task_id, n in zip(*np.unique(self.task_of_example[picked], return_counts=True), strict=True):
+            usage[self.task_map.name_of(int(task_id))] += int(n)
+
+    def _last_partial_step(self, rng, names, p, queues, usage) -> list[tuple[str, np.ndarray]]:
+        """drop_last=False: one last micro-step for the examples that do not fill a unit, split evenly over the
+        ranks, of a cluster drawn by the law."""
+        left = sum(len(self.examples_of_task[t]) for c in names for t in self.task_weights[c])
+        left -= self.epoch_units * self.world_size * self.micro_batch_size * self.unit_steps
+        per_rank = min(self.micro_batch_size, left // self.world_size)
         if per_rank == 0:
             return []
-        taken = np.array(left[: per_rank * self.world_size], dtype=np.int64)
-        for t in self.task_weights[cluster]:
-            usage[t] += int(np.isin(taken, self.examples_of_task[t]).sum())
+        cluster = names[rng.choice(len(names), p=p)]
+        tasks = list(self.task_weights[cluster])
+        taken = self._take(rng, tasks, queues, self._task_counts(rng, cluster, tasks, per_rank * self.world_size))
+        self._count(taken, usage)
         return [(cluster, taken)]
 
     def _ensure_schedule(self) -> list[tuple[str, np.ndarray]]:
-        # Never empty: every cluster that can be drawn holds at least one unit of examples.
+        # Never empty: some cluster holds a unit, so epoch_units >= 1.
         if self._schedule is None:
             self._schedule, self._usage = self._build_schedule(self.epoch)
         return self._schedule
@@ -286,7 +301,7 @@ class ClusterAwareBatchSampler:
             "mixing": self.mixing,
             "temperature": self.temperature,
             "length_grouped": self.lengths is not None,
-            "law": "tasks",  # p_c = sum of its tasks' weights (states without it: p_c ∝ w(n_c), before 2026-12-07)
+            "law": LAW,  # states without it: p_c ∝ w(n_c); "tasks": epochs ended when a cluster ran short
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -303,11 +318,14 @@ class ClusterAwareBatchSampler:
                 f"{state.get('layout')}, this run has {self.world_size} and {self._layout()}: positions of other "
                 "global micro-batches do not map onto these batches"
             )
-        if state.get("layout", {}).get("law") != "tasks" and not self.old_law_agrees:
+        law = state.get("layout", {}).get("law")
+        if law != LAW:
+            by_size = law is None and not self.old_law_agrees
+            earlier = "drew clusters by their own size (p_c ∝ w(n_c)) and " if by_size else ""
             warnings.warn(
-                "this sampler state comes from a version that drew clusters by their own size (p_c ∝ w(n_c)), which "
-                "gives this cluster map other cluster shares than the task law it goes on with: the rest of this epoch "
-                "may use an example twice or not at all",
+                f"this sampler state comes from a version that {earlier}ended an epoch when the drawn cluster ran "
+                "short; this version draws tasks by their own law and starts new passes over upsampled tasks: the rest "
+                "of this epoch may use an example twice or not at all",
                 stacklevel=2,
             )
         self.set_epoch(int(state["epoch"]))
