@@ -10,25 +10,21 @@ examples and w(n) = n (proportional), 1 (uniform) or n^(1/T) (temperature). A cl
 scheduling unit (a micro-step, or with cluster_per="optimizer_step" the grad_accum micro-steps of one optimizer
 step) with probability p_c = sum of its tasks' p_t, and inside the cluster each slot draws a task ∝ w(n_t). So how
 often a task is trained does not depend on the cluster map: the map decides which experts tasks share, not how
-much data each gets. (Two earlier versions let the map decide, both fixed on 2026-12-07: clusters drawn by their
-own size, p_c ∝ w(n_c), gave each task of a 7 + 1 + 1 map under `uniform` 1/21 of the steps and each single task
-1/3; and a task used up inside a shared cluster handed its slots to the cluster's other tasks until the epoch
-ended, so 100 examples beside 4000 got 2.4 % of their examples under every mixing, against the 13.7 % of
-`temperature` and 50 % of `uniform` it got in a cluster of its own.) A cluster too small for one unit is never
-drawn (with a warning), where the same task inside a larger cluster would be.
+much data each gets (two earlier versions let it decide: README, "Task clustering on the demo data"). A cluster
+too small for one unit is never drawn (with a warning), where the same task inside a larger cluster would be.
 
 Epochs and passes. An epoch is as many examples as the data has (the clusters that can be drawn, in whole units:
 `epoch_units`). Each task's examples are taken in a shuffled order; a task drawn more often than it has examples
-(upsampled by `uniform` or `temperature`) starts a new pass over them in a fresh order, so an example repeats
-only after every example of its task was used, and a task drawn less often is not reached in full that epoch.
+(upsampled by `uniform` or `temperature`) starts a new pass over them in a fresh order, so an example is drawn
+again only after every example of its task was drawn, and a task drawn less often is not reached in full that epoch.
 Each epoch reshuffles every task; `epoch_usage()` reports what each epoch used per task.
 
 Length grouping (`lengths` given): when a cluster is drawn and has no grouped steps waiting, the sampler takes
-up to POOL_UNITS units' worth of its examples at once (by the same task law), sorts them by length, cuts them
-into units of neighbouring lengths and serves those units, in a shuffled order, the next times the cluster is
-drawn. Each micro-batch then holds examples of similar length and pays little padding; the law, the passes and
-the state are unchanged. Examples waiting in a pool when the epoch ends
-count as not reached.
+up to POOL_UNITS units' worth of its examples at once (by the same task law; fewer where that would draw more
+than about half of a task's examples), sorts them by length, cuts them into units of neighbouring lengths and
+serves those units, in a shuffled order, the next times the cluster is drawn. Each micro-batch then holds
+examples of similar length and pays little padding; the law, the passes and the state are unchanged. Examples
+waiting in a pool when the epoch ends count as not reached.
 
 State (`state_dict`): seed, epoch and the number of micro-steps already yielded in the epoch; restoring
 recomputes the epoch's schedule and continues exactly where it stopped, also on another number of ranks when
@@ -131,6 +127,7 @@ class ClusterAwareBatchSampler:
         self.cluster_weights = {c: sum(self.task_weights[c].values()) for c, n in sizes.items() if n >= unit}
         # An epoch is as many examples as the clusters that can be drawn hold, in whole units.
         self.epoch_units = sum(sizes[c] for c in self.cluster_weights) // unit
+        self.pool_units = {c: self._pool_units(c, unit) for c in self.cluster_weights}
         # The law before 2026-12-07 (a cluster by its own size): a state saved under it resumes exactly only where
         # both laws give every cluster the same share.
         self.old_law_agrees = same_shares(
@@ -153,6 +150,15 @@ class ClusterAwareBatchSampler:
         self._schedule: list[tuple[str, np.ndarray]] | None = None  # (cluster, global micro-batch) per micro-step
         self._usage: dict[str, int] = {}
         self.batch_cluster: str | None = None  # the cluster of the micro-batch yielded last
+
+    def _pool_units(self, cluster: str, unit: int) -> int:
+        """Units a length-grouping pool of the cluster holds: up to POOL_UNITS, but in expectation at most half of
+        any task's examples, so that an upsampled task rarely starts a new pass inside one pool (its copies, of the
+        same length, would land in the same micro-batch)."""
+        weights = self.task_weights[cluster]
+        total = sum(weights.values())
+        fits = min(len(self.examples_of_task[t]) * total / (2 * unit * w) for t, w in weights.items())
+        return int(min(POOL_UNITS, max(1, fits)))
 
     def _weight(self, n: int) -> float:
         if self.mixing == "proportional":
@@ -190,8 +196,8 @@ class ClusterAwareBatchSampler:
             rng.shuffle(picked)  # spread the tasks over ranks and micro-steps
             return picked
         if not pool:
-            left = sum(len(queues[t]) for t in tasks)  # fewer units near the cluster's end: less drawn in vain
-            units = min(POOL_UNITS, max(1, left // unit))
+            left = sum(len(queues[t]) for t in tasks)  # (the first pass's end: as the sampler did before passes)
+            units = min(self.pool_units[cluster], max(1, left // unit))
             taken = self._take(rng, tasks, queues, self._task_counts(rng, cluster, tasks, unit * units))
             by_length = taken[np.argsort(self.lengths[taken], kind="stable")]
             pool.extend(by_length.reshape(units, unit))
@@ -205,15 +211,20 @@ class ClusterAwareBatchSampler:
 
     def _take(self, rng, tasks: list[str], queues, counts: np.ndarray) -> np.ndarray:
         """counts[i] examples of tasks[i] from its shuffled queue; a task whose queue runs out starts a new pass
-        over its examples in a fresh order (the law drew it more often than it has examples: it is upsampled), the
-        old pass's rest last in it, so that no example repeats within n_t draws of its task."""
+        over its examples in a fresh order (the law drew it more often than it has examples: it is upsampled). The
+        old pass's rest goes last in the new pass, so one take of at most n_t examples of a task never repeats one."""
         taken = []
         for task, n in zip(tasks, counts, strict=True):
-            while len(queues[task]) < n:  # popped from the end: this pass's rest first, then the new pass
-                rest = set(queues[task])
-                new = rng.permutation(self.examples_of_task[task])  # the rest's examples last in it: no repeats
-                queues[task] = [i for i in new if i in rest] + [i for i in new if i not in rest] + queues[task]
-            taken += [queues[task].pop() for _ in range(n)]
+            queue, examples = queues[task], self.examples_of_task[task]
+            if len(queue) < n:  # popped from the end: this pass's rest, then the new passes in order
+                rest = set(queue)
+                new = rng.permutation(examples)
+                passes = [[i for i in new if i in rest] + [i for i in new if i not in rest]]
+                while len(queue) + len(examples) * len(passes) < n:  # a take longer than a pass: more passes
+                    passes.append(list(rng.permutation(examples)))
+                queue = [i for p in reversed(passes) for i in p] + queue
+            taken += queue[len(queue) - n :][::-1]
+            queues[task] = queue[: len(queue) - n]
         return np.array(taken, dtype=np.int64)
 
     def _count(self, picked: np.ndarray, usage: dict[str, int]) -> None:

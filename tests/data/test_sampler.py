@@ -225,6 +225,17 @@ def test_a_task_smaller_than_its_slots_in_one_step_is_repeated_not_a_stall():
     assert sampler.examples_per_task(3 * len(sampler))["b"] == pytest.approx(3 * usage["b"], rel=0.1)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_an_upsampled_task_repeats_no_example_inside_a_step_while_it_has_enough(grouped):
+    """20 examples beside 1000 under `uniform`: ~4 slots a step, 12 passes an epoch, yet no step holds a copy; length
+    grouping included (a pool of 16 units would hold ~64 of the 20: copies of one length, side by side)."""
+    tasks = ["a"] * 1000 + ["b"] * 20
+    lengths = np.random.default_rng(0).integers(1, 50, len(tasks)).tolist() if grouped else None
+    steps = list(make_sampler(tasks, {"x": ["a", "b"]}, micro_batch_size=8, mixing="uniform", lengths=lengths))
+    assert sum(tasks[i] == "b" for b in steps for i in b) > 10 * 20
+    assert all(len(set(b)) == len(b) for b in steps)
+
+
 def test_a_state_of_an_earlier_sampler_version_resumes_with_a_warning_that_says_what_differs():
     tasks = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
 
@@ -250,7 +261,7 @@ def test_optimizer_step_mode_keeps_one_cluster_for_all_accumulation_micro_steps(
     clusters = {"x": ["a"], "y": ["b"], "z": ["c"]}
     sampler = make_sampler(tasks, clusters, 2, world_size=2, cluster_per="optimizer_step", grad_accum=4)
     schedule = sampler.cluster_schedule()
-    assert len(schedule) % 4 == 0
+    assert len(schedule) == 900 // (2 * 2 * 4) * 4  # an epoch: the data's size in whole units of 4 micro-steps
     blocks = [schedule[i : i + 4] for i in range(0, len(schedule), 4)]
     assert all(len(set(b)) == 1 for b in blocks)
     assert len({b[0] for b in blocks}) == 3
