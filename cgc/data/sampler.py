@@ -30,7 +30,7 @@ State (`state_dict`): seed, epoch and the number of micro-steps already yielded 
 recomputes the epoch's schedule and continues exactly where it stopped, also on another number of ranks when
 the global micro-batch (ranks x micro_batch_size) is the same. A state saved by a version before the passes
 (whose epoch ended when the drawn cluster ran short) resumes the same batches up to the first unit where a task
-ran short, with a warning.
+ran short (with length grouping: where no pool is capped below POOL_UNITS), with a warning.
 """
 
 from __future__ import annotations
