@@ -187,6 +187,7 @@ def verdict(comparison: dict) -> str:
 def training_note(seen: dict[str, int]) -> str:
     low, high = min(seen.values()), max(seen.values())
     return (
-        f"Training examples per task in a final run: {low} to {high} (CGC-LoRA, first seed); each task's own experts "
-        "see only these, the cluster's shared experts those of every task of the cluster."
+        f"Training examples per task in a final run: {low} to {high} drawn (CGC-LoRA, first seed; repeats of an "
+        "upsampled task included); each task's own experts see only these, the cluster's shared experts those of "
+        "every task of the cluster."
     )

@@ -15,9 +15,9 @@ too small for one unit is never drawn (with a warning), where the same task insi
 
 Epochs and passes. An epoch is as many examples as the data has (the clusters that can be drawn, in whole units:
 `epoch_units`). Each task's examples are taken in a shuffled order; a task drawn more often than it has examples
-(upsampled by `uniform` or `temperature`) starts a new pass over them in a fresh order, so an example is drawn
-again only after every example of its task was drawn, and a task drawn less often is not reached in full that epoch.
-Each epoch reshuffles every task; `epoch_usage()` reports what each epoch used per task.
+(upsampled by `uniform` or `temperature`) starts a new pass over them in a fresh order, so within an epoch an
+example is drawn again only after every example of its task was, and a task drawn less often is not reached in
+full that epoch. Each epoch reshuffles every task; `epoch_usage()` reports what each epoch used per task.
 
 Length grouping (`lengths` given): when a cluster is drawn and has no grouped steps waiting, the sampler takes
 up to POOL_UNITS units' worth of its examples at once (by the same task law; fewer where that would draw more

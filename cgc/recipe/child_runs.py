@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from cgc.adapter.config import CGCLoraConfig
+from cgc.data.sampler import LAW as SAMPLER_LAW
 from cgc.recipe.config import ConfigError, RecipeConfig, load_recipe_config
 from cgc.training.distributed import free_port
 from cgc.training.run_dir import RunDir
@@ -30,7 +31,7 @@ def write_run_config(
     """The base config with this method's `cgc` section, the split files (generic format), the run's seed, lr,
     steps and eval size (`settings`), its own output dir, and `resume: latest` so that a re-run continues it.
     Checked by loading it back before it is used; raises ConfigError when `run_dir` holds a run made with other
-    settings. `check_only`: that check alone, nothing written."""
+    settings or finished by another sampler version. `check_only`: that check alone, nothing kept."""
     raw = cfg.to_dict()
     raw["cgc"] = method.to_dict()
     raw["seed"] = settings["seed"]
@@ -51,6 +52,7 @@ def write_run_config(
     path = RunDir(run_dir).config  # finetune.py rewrites it resolved (defaults filled in): compare resolved
     if check_only and not path.is_file():
         return path  # no run there to differ from
+    check_same_sampler(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = load_recipe_config(path, []).to_dict() if path.is_file() else None
     draft = run_dir / ".config.next.yaml"
@@ -80,6 +82,18 @@ def flat(tree: dict, prefix: str = "") -> dict:
         else:
             items[prefix + key] = json.dumps(value)
     return items
+
+
+def check_same_sampler(run_dir: Path) -> None:
+    """A finished run whose batches another version of the sampler drew (run_summary.json's sampler_law) is
+    refused: averaged or paired with this version's runs, it would mix two data laws. Raises ConfigError."""
+    run = RunDir(run_dir)
+    law = json.loads(run.summary.read_text()).get("sampler_law") if run.summary.is_file() else SAMPLER_LAW
+    if law != SAMPLER_LAW:
+        raise ConfigError(
+            f"{run_dir} was trained by an earlier version of the sampler ({law or 'before the task law'}; now "
+            f"{SAMPLER_LAW!r}): its examples per task follow another law. Use another --out, or remove that run"
+        )
 
 
 def is_done(run_dir: Path) -> bool:

@@ -6,6 +6,7 @@ import resource
 from dataclasses import dataclass
 
 from cgc.adapter.model import CGCModel
+from cgc.data.sampler import LAW as SAMPLER_LAW
 from cgc.training.distributed import max_over_ranks
 from cgc.training.run_log import PhaseTimes, padding_fraction
 
@@ -52,7 +53,8 @@ def run_summary(
         "tokens_per_s": result.tokens / max(result.phases.training_seconds(), 1e-9),  # steps only: no load, saves, eval
         "padding_fraction": padding_fraction(result.tokens, result.padded_tokens),
         "phase_seconds": result.phases.seconds,  # rank 0's; a step's collectives are inside backward/optimizer
-        "examples_per_task": examples_per_task,
+        "examples_per_task": examples_per_task,  # examples drawn, repeats of an upsampled task included
+        "sampler_law": SAMPLER_LAW,  # which sampler drew them (compare.py never mixes runs of two)
         "compiled_graphs": compiled_graphs(model),  # train.compile: the graphs torch.compile made (null: eager)
     }
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 import cgc
 from cgc.adapter.presets import BASELINES, CLUSTER_MAPS, CONTROLS, LABELS
 from cgc.analysis.report import lrs_within_noise
+from cgc.data.sampler import LAW as SAMPLER_LAW
 from cgc.evaluation import task_metrics
 from cgc.models.tiny import char_tokenizer, tiny_model
 from cgc.recipe import load_recipe_config
@@ -190,6 +191,16 @@ def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_runs(compared)
     for name in ("shared_lora", "moelora"):
         for seed in (0, 1):
             assert f"{name}/seed_{seed} was made with other settings (train.lr differ)" in moved.stderr
+    # A run an earlier sampler trained (its examples per task follow another law) is never averaged in.
+    summary_file = out / "grid" / "shared_lora" / "lr_0.003" / "run_summary.json"
+    summary = json.loads(summary_file.read_text())
+    assert summary["sampler_law"] == SAMPLER_LAW
+    summary_file.write_text(json.dumps({k: v for k, v in summary.items() if k != "sampler_law"}))
+    try:
+        older = run("recipes/compare.py", "--config", TINY, "--out", out, *COMPARE, *FAST)
+    finally:
+        summary_file.write_text(json.dumps(summary))
+    assert older.returncode == 2 and "lr_0.003 was trained by an earlier version of the sampler" in older.stderr
     assert (out / "report.json").read_text() == before
 
 
