@@ -125,8 +125,9 @@ class ClusterAwareBatchSampler:
         # one step: leave it out, loudly.
         unit = world_size * micro_batch_size * self.unit_steps
         self.cluster_weights = {c: sum(self.task_weights[c].values()) for c, n in sizes.items() if n >= unit}
-        # An epoch is as many examples as the clusters that can be drawn hold, in whole units.
-        self.epoch_units = sum(sizes[c] for c in self.cluster_weights) // unit
+        # An epoch is as many examples as the clusters that can be drawn hold, in whole units (drop_last=False: the
+        # rest in one last partial micro-step).
+        self.epoch_units, self.epoch_rest = divmod(sum(sizes[c] for c in self.cluster_weights), unit)
         self.pool_units = {c: self._pool_units(c, unit) for c in self.cluster_weights}
         # The law before 2026-12-07 (a cluster by its own size): a state saved under it resumes exactly only where
         # both laws give every cluster the same share.
@@ -234,9 +235,7 @@ class ClusterAwareBatchSampler:
     def _last_partial_step(self, rng, names, p, queues, usage) -> list[tuple[str, np.ndarray]]:
         """drop_last=False: one last micro-step for the examples that do not fill a unit, split evenly over the
         ranks, of a cluster drawn by the law."""
-        left = sum(len(self.examples_of_task[t]) for c in names for t in self.task_weights[c])
-        left -= self.epoch_units * self.world_size * self.micro_batch_size * self.unit_steps
-        per_rank = min(self.micro_batch_size, left // self.world_size)
+        per_rank = min(self.micro_batch_size, self.epoch_rest // self.world_size)
         if per_rank == 0:
             return []
         cluster = names[rng.choice(len(names), p=p)]
