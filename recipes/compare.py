@@ -175,7 +175,8 @@ def tune_learning_rates(plan: Plan) -> dict[tuple[str, str], dict]:
                     settings = run_settings(plan, lr, seed, plan.grid_steps, plan.files["validation"], n_val)
                     label = f"{LABELS[m]} ({match}), grid lr {lr:g}, seed {seed}"
                     grid_run = plan.out / "grid" / name / f"lr_{lr:g}{tail}"
-                    means.append(train_and_score(plan, match, m, grid_run, settings, label, False)["mean"])
+                    result = train_and_score(plan, match, m, grid_run, settings, label, keep_adapters=False)
+                    means.append(result["mean"])
                     runs[f"{lr:g}"].append(grid_run)
                 scores[f"{lr:g}"] = float(np.mean(means))
             lr = plan.grid[int(np.argmax(list(scores.values())))]
