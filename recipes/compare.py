@@ -16,8 +16,9 @@ task), each at the learning rate its own validation grid picked, over several se
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
    the eval files (--eval_examples per task where the data has them).
 4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, a paired bootstrap 95 % interval of CGC-LoRA
-   − the best baseline over eval examples × seeds; the gates' own-vs-shared split: report.json, report.md,
-   seesaw.png, budgets.png, gates.png.
+   − the best baseline over eval examples × seeds (both again on the held-out eval examples alone where some eval
+   examples are training examples: data.allow_eval_overlap); the gates' own-vs-shared split: report.json,
+   report.md, seesaw.png, budgets.png, gates.png.
 
 Every run is one run of recipes/finetune.py under --out (default <output_dir>/compare): grid/<method>/lr_<lr>/ and
 <method>/seed_<seed>/ (a grid's further seeds: lr_<lr>_seed_<seed>/, so a rerun with more --grid_seeds keeps the
@@ -43,7 +44,7 @@ from cgc.analysis import gate_report
 from cgc.analysis import report as seesaw
 from cgc.analysis.report import GIVEN, OURS
 from cgc.analysis.report_files import write_report
-from cgc.analysis.stats import paired_bootstrap
+from cgc.analysis.stats import mean_std, paired_bootstrap
 from cgc.data.validation_split import write_jsonl
 from cgc.recipe import ConfigError, error_exit, load_recipe_config
 from cgc.recipe.child_runs import is_done, launcher, prune_finished, run_to_end, write_run_config
@@ -225,12 +226,24 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         for match in plan.matches
     }
     report, metrics = seesaw.build_report(budgets, setup(plan, chosen, finals, argv)), plan.metrics
+    _, scored_order = seesaw.per_example_scores(finals[next(iter(finals))][:1], metrics)  # the examples every run had
+    overlap = seesaw.eval_in_training(scored_order, plan.rows["train"])
+    if overlap:  # then every mean and interval also on the eval examples training lacks
+        report["setup"] |= {
+            "eval_in_training": overlap,
+            "eval_overlap": seesaw.overlap_note(overlap, len(scored_order)),
+        }
     for match, budget in report["budgets"].items():
+        scored = {m: seesaw.per_example_scores(finals[(match, m)], metrics) for m in plan.methods}
+        held = {m: seesaw.held_out(*scored[m], plan.rows["train"]) for m in plan.methods} if overlap else {}
+        for m, scores in held.items():
+            if scores:  # some eval examples are held out
+                row = budget["methods"][m]
+                row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
         baseline = seesaw.best_baseline(budget["methods"])
         if OURS not in plan.methods or baseline is None:
             continue
-        ours, our_order = seesaw.per_example_scores(finals[(match, OURS)], metrics)
-        theirs, their_order = seesaw.per_example_scores(finals[(match, baseline)], metrics)
+        (ours, our_order), (theirs, their_order) = scored[OURS], scored[baseline]
         if our_order != their_order:
             error_exit(f"{LABELS[OURS]} and {LABELS[baseline]} were scored on different eval examples")
         budget["comparison"] = {
@@ -239,6 +252,9 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             **paired_bootstrap(ours, theirs),
         }
         print(f"{match} budget: {seesaw.verdict(budget['comparison'])}")
+        if held.get(OURS):
+            budget["comparison_held_out"] = {**budget["comparison"], **paired_bootstrap(held[OURS], held[baseline])}
+            print(f"{match} budget, held-out eval examples only: {seesaw.verdict(budget['comparison_held_out'])}")
     ours = finals.get((plan.matches[0], OURS), [])
     gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
     shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)

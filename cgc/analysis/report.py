@@ -101,6 +101,47 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
     return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
 
 
+def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[str, int]:
+    """Per task, the scored eval examples (`order`: their (task, input), as `per_example_scores` gives it) whose
+    (task, input) the training data also holds (`data.allow_eval_overlap` lets them be scored; the demo's letters
+    tasks draw every input from one 40-word list): their scores measure how well a method recalls what it was
+    trained on, not how it does on inputs it has not seen, which is what the validation split (disjoint by input)
+    chose each lr for. Tasks without such examples are left out."""
+    trained = {(row["task"], row["input"]) for row in train}
+    counts: dict[str, int] = {}
+    for task, text in order:
+        if (task, text) in trained:
+            counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def overlap_note(counts: dict[str, int], n_eval: int) -> str:
+    """report.md's line on eval examples that are training examples (`eval_in_training`' counts)."""
+    per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
+    return (
+        f"{sum(counts.values())} of the {n_eval} eval examples have a training example's (task, input) ({per_task}): "
+        "their scores measure recall of training data. The held-out mean and the second interval of each budget "
+        "leave them out (the validation split that chose the lrs holds no training input either)."
+    )
+
+
+def held_out(scores: dict[str, np.ndarray], order: list, train: list[dict]) -> dict[str, np.ndarray]:
+    """`per_example_scores`' output restricted to the eval examples whose (task, input) is not in `train`: task ->
+    (seeds, held-out examples); a task with none left drops out."""
+    trained = {(row["task"], row["input"]) for row in train}
+    kept = {}
+    for task, per_seed in scores.items():
+        keep = np.array([(t, text) not in trained for t, text in order if t == task], dtype=bool)
+        if keep.any():
+            kept[task] = per_seed[:, keep]
+    return kept
+
+
+def seed_means(scores: dict[str, np.ndarray]) -> list[float]:
+    """Each seed's mean over tasks of its mean per-example score (the mean eval.json gives, on these examples)."""
+    return [float(np.mean([s[i].mean() for s in scores.values()])) for i in range(len(next(iter(scores.values()))))]
+
+
 def lrs_within_noise(grid_runs: dict[str, list[Path]], chosen: str, metrics: dict[str, MetricSpec]) -> list[str]:
     """The grid's other lrs that validation cannot tell apart from the chosen one: the paired bootstrap 95 %
     interval of their difference (over the same validation examples and grid seeds) includes 0. A small validation

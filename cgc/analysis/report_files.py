@@ -22,7 +22,7 @@ def markdown(report: dict) -> str:
         f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std over seeds). Scores: greedy answers on held-out examples "
         f"(n per task: {s['examples_per_task']}), each task's own metric.",
     ]
-    for key in ("inputs", "tuning", "training_examples"):
+    for key in ("inputs", "eval_overlap", "tuning", "training_examples"):
         if key in s:
             lines += ["", s[key] if key != "inputs" else f"Inputs: {s[key]}."]
     for match, budget in report["budgets"].items():
@@ -38,6 +38,8 @@ def markdown(report: dict) -> str:
             ]
         if "comparison" in budget:
             lines += ["", verdict(budget["comparison"])]
+        if "comparison_held_out" in budget:
+            lines += ["", f"Held-out eval examples only: {verdict(budget['comparison_held_out'])}"]
     lines += ["", "![mean score against served rank and trainable parameters](budgets.png)"]
     if "gates" in report:
         lines += ["", report["gates"]["summary"], "", "![gate share on own experts per task and block](gates.png)"]
@@ -67,14 +69,14 @@ def budget_line(match: str, setup: dict) -> str:
 
 
 def method_table(methods: dict) -> list[str]:
-    has_delta = REFERENCE in methods
+    has_delta, has_held = REFERENCE in methods, any("held_out_mean" in row for row in methods.values())
     head = "| method | clusters | rank per expert | experts per layer | served rank per task | trainable params "
-    head += "| exported adapters | lr | mean score | mean exact match |" + (
-        " worst drop vs per-task LoRA |" if has_delta else ""
-    )
-    lines = [head, "|---|" + "---:|" * (10 if has_delta else 9)]
+    head += "| exported adapters | lr | mean score |" + (" held-out mean |" if has_held else "")
+    head += " mean exact match |" + (" worst drop vs per-task LoRA |" if has_delta else "")
+    lines = [head, "|---|" + "---:|" * (9 + has_delta + has_held)]
     for row in methods.values():
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
+        held = f" {row['held_out_mean']:.3f} ± {row['held_out_mean_std']:.3f} |" if has_held else ""
         lr = f"{row['lr']:g}" if "lr" in row else "config"
         lr += " (edge)" if row.get("lr_at_edge") else ""
         lr_from = row.get("lr_from")
@@ -83,7 +85,7 @@ def method_table(methods: dict) -> list[str]:
         lines.append(
             f"| {row['label']} | {row.get('clusters', '-')} | {row['r']} | {row['experts_per_layer']} "
             f"| {row.get('served_rank', '-')} | {row['trainable_params']:,} | {size} | {lr} "
-            f"| {row['mean']:.3f} ± {row['mean_std']:.3f} | {row['mean_exact_match']:.3f} |{drop}"
+            f"| {row['mean']:.3f} ± {row['mean_std']:.3f} |{held} {row['mean_exact_match']:.3f} |{drop}"
         )
     if any(row.get("lr_at_edge") for row in methods.values()):
         lines += [

@@ -9,8 +9,13 @@ from cgc.analysis.report import (
     TASK_HIDDEN,
     best_baseline,
     build_report,
+    eval_in_training,
+    held_out,
     inputs_note,
     lrs_within_noise,
+    overlap_note,
+    per_example_scores,
+    seed_means,
     tuning_note,
     verdict,
 )
@@ -200,3 +205,34 @@ def test_the_grid_marks_lrs_the_validation_split_cannot_tell_from_the_choice(tmp
     row = method({"add": 0.5, "uppercase": 0.5, "length": 0.5}) | {"grid_ties": ["0.003"]}
     text = markdown(build_report({"trainable": {"moelora": row}}, SETUP))
     assert "| MOELoRA | 0.400 | 0.300 ≈ | 0.001 |" in text and "validation cannot tell this lr" in text
+
+
+def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_the_held_out_numbers(tmp_path):
+    """Scores of eval examples whose (task, input) training holds measure recall; the held-out numbers drop them
+    (a task with none left drops out), and report.md shows both."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"task": "a", "input": f"a {i}", "target": "x", "prediction": "x" if i < 2 else "y"} for i in range(4)]
+    rows += [{"task": "b", "input": f"b {i}", "target": "x", "prediction": "x"} for i in range(3)]
+    (run / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores, order = per_example_scores([run, run], task_metrics(["a", "b"], "exact_match", {}))
+    train = [{"task": "a", "input": "a 0"}, {"task": "a", "input": "a 1"}, {"task": "b", "input": "a 2"}]
+    train += [{"task": "b", "input": f"b {i}"} for i in range(3)]  # every `b` eval example is trained on
+    assert eval_in_training(order, train) == {"a": 2, "b": 3}  # `a 2` under task b is not `a`'s example
+    held = held_out(scores, order, train)
+    assert list(held) == ["a"] and held["a"].tolist() == [[0.0, 0.0], [0.0, 0.0]]  # a 2 and a 3, both seeds
+    assert seed_means(scores) == [0.75, 0.75] and seed_means(held) == [0.0, 0.0]  # (0.5 + 1) / 2 against 0
+
+    note = overlap_note({"a": 2, "b": 3}, 7)
+    assert note.startswith("5 of the 7 eval examples have a training example's (task, input) (a 2, b 3)")
+    runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
+    report = build_report({"trainable": runs}, SETUP | {"eval_overlap": note})
+    report["budgets"]["trainable"]["methods"]["cgc_lora"] |= {"held_out_mean": 0.25, "held_out_mean_std": 0.05}
+    comparison = {"baseline": "moelora", "baseline_label": "MOELoRA", "difference": -0.1, "low": -0.2, "high": 0.0}
+    report["budgets"]["trainable"] |= {
+        "comparison": comparison | {"significant": False},
+        "comparison_held_out": comparison | {"difference": 0.01, "low": -0.05, "high": 0.07, "significant": False},
+    }
+    text = markdown(report)
+    assert note in text and "| held-out mean |" in text and "| 0.500 ± 0.000 | 0.250 ± 0.050 |" in text
+    assert "Held-out eval examples only: CGC-LoRA − MOELoRA: +0.010 (95 % interval -0.050 to +0.070)" in text

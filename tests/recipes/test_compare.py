@@ -16,8 +16,10 @@ from transformers import AutoModelForCausalLM
 import cgc
 from cgc.adapter.presets import BASELINES, CLUSTER_MAPS, CONTROLS, LABELS
 from cgc.analysis.report import lrs_within_noise
+from cgc.analysis.stats import paired_bootstrap
 from cgc.data.sampler import LAW as SAMPLER_LAW
 from cgc.evaluation import task_metrics
+from cgc.evaluation.metrics import example_scores
 from cgc.models.tiny import char_tokenizer, tiny_model
 from cgc.recipe import load_recipe_config
 from tests.conftest import ROOT
@@ -150,6 +152,50 @@ def test_more_grid_seeds_keep_the_first_seeds_runs_and_choose_on_their_mean(tmp_
     metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
     assert row["grid_ties"] == lrs_within_noise(runs, f"{row['lr']:g}", metrics)
     assert "runs (seeds 0, 1: their mean)" in (tmp_path / "report.md").read_text()
+
+
+def test_eval_examples_that_are_training_examples_are_left_out_of_the_held_out_mean_and_interval(compared):
+    """The demo's letters tasks draw their inputs from one 40-word list, so their eval examples are training
+    examples (data.allow_eval_overlap): the report counts them and gives each mean and the interval without them
+    too, recomputed here from the runs' own answers."""
+    out, _, _ = compared
+    report = json.loads((out / "report.json").read_text())
+    trained = {
+        (r["task"], r["input"]) for r in map(json.loads, (out / "data" / "train.jsonl").read_text().splitlines())
+    }
+    cfg = load_recipe_config(TINY, [])
+    metrics = task_metrics(cfg.cgc.tasks, cfg.eval.default_metric, cfg.eval.metrics)
+    answers = [json.loads(line) for line in (out / "cgc_lora" / "seed_0" / "eval_predictions.jsonl").open()]
+    overlap = {}
+    for row in answers:
+        if (row["task"], row["input"]) in trained:
+            overlap[row["task"]] = overlap.get(row["task"], 0) + 1
+    assert set(overlap) >= {"first_letter", "last_letter", "length"} and len(overlap) < 9  # some tasks held out
+    assert report["setup"]["eval_in_training"] == overlap
+
+    def held_out_scores(name: str) -> dict[str, np.ndarray]:  # task -> (seeds, held-out examples)
+        per_seed = []
+        for seed in (0, 1):
+            rows = [json.loads(line) for line in (out / name / f"seed_{seed}" / "eval_predictions.jsonl").open()]
+            kept = [r for r in rows if (r["task"], r["input"]) not in trained]
+            per_seed.append({t: [r for r in kept if r["task"] == t] for t in dict.fromkeys(r["task"] for r in kept)})
+        return {
+            t: np.array([example_scores(metrics[t], [r["prediction"] for r in s[t]], [r["target"] for r in s[t]])
+                         for s in per_seed])
+            for t in per_seed[0]
+        }  # fmt: skip
+
+    budget = report["budgets"]["trainable"]
+    for name, row in budget["methods"].items():
+        scores = held_out_scores(name)
+        seed_means = [np.mean([s[i].mean() for s in scores.values()]) for i in (0, 1)]
+        assert row["held_out_mean"] == pytest.approx(np.mean(seed_means))
+        assert row["held_out_mean_std"] == pytest.approx(np.std(seed_means, ddof=1))
+    held = budget["comparison_held_out"]
+    expected = paired_bootstrap(held_out_scores("cgc_lora"), held_out_scores(budget["comparison"]["baseline"]))
+    assert held == budget["comparison"] | expected
+    markdown = (out / "report.md").read_text()
+    assert "have a training example's (task, input)" in markdown and "Held-out eval examples only:" in markdown
 
 
 def test_an_interrupted_compare_resumes_and_a_finished_one_is_kept(compared):
