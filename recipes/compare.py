@@ -226,33 +226,29 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         for match in plan.matches
     }
     report, metrics = seesaw.build_report(budgets, setup(plan, chosen, finals, argv)), plan.metrics
-    _, scored_order = seesaw.per_example_scores(finals[next(iter(finals))][:1], metrics)  # the examples every run had
-    overlap = seesaw.eval_in_training(scored_order, plan.rows["train"])
-    if overlap:  # then every mean and interval also on the eval examples training lacks
-        report["setup"] |= {
-            "eval_in_training": overlap,
-            "eval_overlap": seesaw.overlap_note(overlap, len(scored_order)),
-        }
     for match, budget in report["budgets"].items():
         scored = {m: seesaw.per_example_scores(finals[(match, m)], metrics) for m in plan.methods}
-        held = {m: seesaw.held_out(*scored[m], plan.rows["train"]) for m in plan.methods} if overlap else {}
+        (_, order), *rest = scored.values()
+        if any(other != order for _, other in rest):
+            error_exit(f"the final runs ({match} budget) were scored on different eval examples; cannot pair them")
+        overlap = seesaw.eval_in_training(order, plan.rows["train"])
+        if overlap:  # each mean, and the interval, also on the eval examples training lacks
+            report["setup"] |= {"eval_in_training": overlap, "eval_overlap": seesaw.overlap_note(overlap, order)}
+        held = {m: seesaw.held_out(scores, order, plan.rows["train"]) for m, (scores, _) in scored.items()}
         for m, scores in held.items():
-            if scores:  # some eval examples are held out
+            if overlap and scores:
                 row = budget["methods"][m]
                 row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
         baseline = seesaw.best_baseline(budget["methods"])
         if OURS not in plan.methods or baseline is None:
             continue
-        (ours, our_order), (theirs, their_order) = scored[OURS], scored[baseline]
-        if our_order != their_order:
-            error_exit(f"{LABELS[OURS]} and {LABELS[baseline]} were scored on different eval examples")
         budget["comparison"] = {
             "baseline": baseline,
             "baseline_label": LABELS[baseline],
-            **paired_bootstrap(ours, theirs),
+            **paired_bootstrap(scored[OURS][0], scored[baseline][0]),
         }
         print(f"{match} budget: {seesaw.verdict(budget['comparison'])}")
-        if held.get(OURS):
+        if overlap and held[OURS]:
             budget["comparison_held_out"] = {**budget["comparison"], **paired_bootstrap(held[OURS], held[baseline])}
             print(f"{match} budget, held-out eval examples only: {seesaw.verdict(budget['comparison_held_out'])}")
     ours = finals.get((plan.matches[0], OURS), [])

@@ -105,9 +105,9 @@ def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[st
     """Per task, the scored eval examples (`order`: their (task, input), as `per_example_scores` gives it) whose
     (task, input) the training data also holds (`data.allow_eval_overlap` lets them be scored; the demo's letters
     tasks draw every input from one 40-word list): their scores measure how well a method recalls what it was
-    trained on, not how it does on inputs it has not seen, which is what the validation split (disjoint by input)
-    chose each lr for. Tasks without such examples are left out."""
-    trained = {(row["task"], row["input"]) for row in train}
+    trained on, not how it does on inputs it has not seen, which is what a grid's validation split (disjoint from
+    training by (task, input)) chose each lr for. Tasks without such examples are left out."""
+    trained = training_pairs(train)
     counts: dict[str, int] = {}
     for task, text in order:
         if (task, text) in trained:
@@ -115,20 +115,31 @@ def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[st
     return counts
 
 
-def overlap_note(counts: dict[str, int], n_eval: int) -> str:
-    """report.md's line on eval examples that are training examples (`eval_in_training`' counts)."""
+def overlap_note(counts: dict[str, int], order: list[tuple[str, str]]) -> str:
+    """report.md's line on the eval examples that are training examples (`eval_in_training`'s counts)."""
     per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
-    return (
-        f"{sum(counts.values())} of the {n_eval} eval examples have a training example's (task, input) ({per_task}): "
-        "their scores measure recall of training data. The held-out mean and the second interval of each budget "
-        "leave them out (the validation split that chose the lrs holds no training input either)."
+    line = f"{sum(counts.values())} of the {len(order)} eval examples have a training example's (task, input) "
+    line += f"({per_task}): their scores measure recall of training data."
+    totals = {task: sum(1 for t, _ in order if t == task) for task, _ in order}
+    gone = [task for task, n in counts.items() if n == totals[task]]
+    if len(gone) == len(totals):
+        return line + " No eval example is held out, so there are no held-out numbers."
+    n = len(totals) - len(gone)
+    left = f"; {', '.join(gone)} drop out, so it averages {n} task{'s' * (n != 1)}" if gone else ""
+    return line + (
+        f" The held-out mean leaves them out{left}; so does CGC-LoRA's second interval against the same baseline "
+        "(chosen on the mean of every eval example)."
     )
+
+
+def training_pairs(train: list[dict]) -> set[tuple[str, str]]:
+    return {(row["task"], row["input"]) for row in train}
 
 
 def held_out(scores: dict[str, np.ndarray], order: list, train: list[dict]) -> dict[str, np.ndarray]:
     """`per_example_scores`' output restricted to the eval examples whose (task, input) is not in `train`: task ->
     (seeds, held-out examples); a task with none left drops out."""
-    trained = {(row["task"], row["input"]) for row in train}
+    trained = training_pairs(train)
     kept = {}
     for task, per_seed in scores.items():
         keep = np.array([(t, text) not in trained for t, text in order if t == task], dtype=bool)

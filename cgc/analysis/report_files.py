@@ -19,7 +19,7 @@ def markdown(report: dict) -> str:
         f"`{s['command']}`",
         "",
         f"Base model `{s['model']}`, {s['steps']} optimizer steps per method on the same data, "
-        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std over seeds). Scores: greedy answers on held-out examples "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± std over seeds). Scores: greedy answers on the eval examples "
         f"(n per task: {s['examples_per_task']}), each task's own metric.",
     ]
     for key in ("inputs", "eval_overlap", "tuning", "training_examples"):
@@ -76,7 +76,8 @@ def method_table(methods: dict) -> list[str]:
     lines = [head, "|---|" + "---:|" * (9 + has_delta + has_held)]
     for row in methods.values():
         drop = f" {row['worst_drop']:.3f} |" if has_delta else ""
-        held = f" {row['held_out_mean']:.3f} ± {row['held_out_mean_std']:.3f} |" if has_held else ""
+        held = f" {row['held_out_mean']:.3f} ± {row['held_out_mean_std']:.3f} |" if "held_out_mean" in row else ""
+        held = held or (" - |" if has_held else "")
         lr = f"{row['lr']:g}" if "lr" in row else "config"
         lr += " (edge)" if row.get("lr_at_edge") else ""
         lr_from = row.get("lr_from")

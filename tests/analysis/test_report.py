@@ -210,21 +210,28 @@ def test_the_grid_marks_lrs_the_validation_split_cannot_tell_from_the_choice(tmp
 def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_the_held_out_numbers(tmp_path):
     """Scores of eval examples whose (task, input) training holds measure recall; the held-out numbers drop them
     (a task with none left drops out), and report.md shows both."""
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"task": "a", "input": f"a {i}", "target": "x", "prediction": "x" if i < 2 else "y"} for i in range(4)]
-    rows += [{"task": "b", "input": f"b {i}", "target": "x", "prediction": "x"} for i in range(3)]
-    (run / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    scores, order = per_example_scores([run, run], task_metrics(["a", "b"], "exact_match", {}))
+
+    def run(name: str, right: int) -> str:  # `a`'s first `right` answers right, every `b` answer right
+        rows = [
+            {"task": "a", "input": f"a {i}", "target": "x", "prediction": "x" if i < right else "y"} for i in range(4)
+        ]
+        rows += [{"task": "b", "input": f"b {i}", "target": "x", "prediction": "x"} for i in range(3)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / name
+
+    scores, order = per_example_scores([run("s0", 2), run("s1", 3)], task_metrics(["a", "b"], "exact_match", {}))
     train = [{"task": "a", "input": "a 0"}, {"task": "a", "input": "a 1"}, {"task": "b", "input": "a 2"}]
     train += [{"task": "b", "input": f"b {i}"} for i in range(3)]  # every `b` eval example is trained on
     assert eval_in_training(order, train) == {"a": 2, "b": 3}  # `a 2` under task b is not `a`'s example
     held = held_out(scores, order, train)
-    assert list(held) == ["a"] and held["a"].tolist() == [[0.0, 0.0], [0.0, 0.0]]  # a 2 and a 3, both seeds
-    assert seed_means(scores) == [0.75, 0.75] and seed_means(held) == [0.0, 0.0]  # (0.5 + 1) / 2 against 0
+    assert list(held) == ["a"] and held["a"].tolist() == [[0.0, 0.0], [1.0, 0.0]]  # a 2 and a 3, per seed
+    assert seed_means(scores) == [0.75, 0.875] and seed_means(held) == [0.0, 0.5]  # (2/4 + 1) / 2, (3/4 + 1) / 2
 
-    note = overlap_note({"a": 2, "b": 3}, 7)
+    note = overlap_note({"a": 2, "b": 3}, order)
     assert note.startswith("5 of the 7 eval examples have a training example's (task, input) (a 2, b 3)")
+    assert "b drop out, so it averages 1 task;" in note
+    assert "no held-out numbers" in overlap_note({"a": 4, "b": 3}, order)
     runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
     report = build_report({"trainable": runs}, SETUP | {"eval_overlap": note})
     report["budgets"]["trainable"]["methods"]["cgc_lora"] |= {"held_out_mean": 0.25, "held_out_mean_std": 0.05}
