@@ -104,7 +104,7 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
 def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[str, int]:
     """Per task, the scored eval examples (`order`: their (task, input), as `per_example_scores` gives it) whose
     (task, input) the training data also holds (`data.allow_eval_overlap` lets them be scored; the demo's letters
-    tasks draw every input from one 40-word list): their scores measure how well a method recalls what it was
+    tasks draw every input from one 39-word list): their scores measure how well a method recalls what it was
     trained on, not how it does on inputs it has not seen, which is what a grid's validation split (disjoint from
     training by (task, input)) chose each lr for. Tasks without such examples are left out."""
     trained = training_pairs(train)

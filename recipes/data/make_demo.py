@@ -114,7 +114,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Eval first, then train excluding eval inputs: held-out inputs are never trained on (except the letters
-    # cluster, whose whole input space is the 40-word list).
+    # cluster, whose whole input space is the 39-word list).
     used: dict[str, set[str]] = {}
     splits = {"eval": make_split(args.eval_per_task, rng, used), "train": make_split(args.train_per_task, rng, used)}
     for name, rows in splits.items():

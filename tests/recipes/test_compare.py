@@ -155,7 +155,7 @@ def test_more_grid_seeds_keep_the_first_seeds_runs_and_choose_on_their_mean(tmp_
 
 
 def test_eval_examples_that_are_training_examples_are_left_out_of_the_held_out_mean_and_interval(compared):
-    """The demo's letters tasks draw their inputs from one 40-word list, so their eval examples are training
+    """The demo's letters tasks draw their inputs from one 39-word list, so their eval examples are training
     examples (data.allow_eval_overlap): the report counts them and gives each mean and the interval without them
     too, recomputed here from the runs' own answers."""
     out, _, _ = compared
