@@ -231,15 +231,18 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         (_, order), *rest = scored.values()
         if any(other != order for _, other in rest):
             error_exit(f"the final runs ({match} budget) were scored on different eval examples; cannot pair them")
-        overlap = seesaw.eval_in_training(order, plan.rows["train"])
+        overlap, baseline = seesaw.eval_in_training(order, plan.rows["train"]), seesaw.best_baseline(budget["methods"])
         if overlap:  # each mean, and the interval, also on the eval examples training lacks
-            report["setup"] |= {"eval_in_training": overlap, "eval_overlap": seesaw.overlap_note(overlap, order)}
+            interval = OURS in plan.methods and baseline is not None
+            report["setup"] |= {
+                "eval_in_training": overlap,
+                "eval_overlap": seesaw.overlap_note(overlap, order, interval),
+            }
         held = {m: seesaw.held_out(scores, order, plan.rows["train"]) for m, (scores, _) in scored.items()}
         for m, scores in held.items():
             if overlap and scores:
                 row = budget["methods"][m]
                 row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
-        baseline = seesaw.best_baseline(budget["methods"])
         if OURS not in plan.methods or baseline is None:
             continue
         budget["comparison"] = {

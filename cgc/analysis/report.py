@@ -115,8 +115,9 @@ def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[st
     return counts
 
 
-def overlap_note(counts: dict[str, int], order: list[tuple[str, str]]) -> str:
-    """report.md's line on the eval examples that are training examples (`eval_in_training`'s counts)."""
+def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval: bool) -> str:
+    """report.md's line on the eval examples that are training examples (`eval_in_training`'s counts); `interval`:
+    whether the report has CGC-LoRA's interval against a baseline."""
     per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
     line = f"{sum(counts.values())} of the {len(order)} eval examples have a training example's (task, input) "
     line += f"({per_task}): their scores measure recall of training data."
@@ -125,11 +126,12 @@ def overlap_note(counts: dict[str, int], order: list[tuple[str, str]]) -> str:
     if len(gone) == len(totals):
         return line + " No eval example is held out, so there are no held-out numbers."
     n = len(totals) - len(gone)
-    left = f"; {', '.join(gone)} drop out, so it averages {n} task{'s' * (n != 1)}" if gone else ""
-    return line + (
-        f" The held-out mean leaves them out{left}; so does CGC-LoRA's second interval against the same baseline "
-        "(chosen on the mean of every eval example)."
+    line += " The held-out mean leaves them out" + (
+        f" ({', '.join(gone)} drop out: it averages {n} task{'s' * (n != 1)})" if gone else ""
     )
+    if interval:
+        line += ", and so does CGC-LoRA's second interval, against the baseline chosen on every eval example's mean"
+    return line + "."
 
 
 def training_pairs(train: list[dict]) -> set[tuple[str, str]]:

@@ -228,10 +228,11 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
     assert list(held) == ["a"] and held["a"].tolist() == [[0.0, 0.0], [1.0, 0.0]]  # a 2 and a 3, per seed
     assert seed_means(scores) == [0.75, 0.875] and seed_means(held) == [0.0, 0.5]  # (2/4 + 1) / 2, (3/4 + 1) / 2
 
-    note = overlap_note({"a": 2, "b": 3}, order)
+    note = overlap_note({"a": 2, "b": 3}, order, interval=True)
     assert note.startswith("5 of the 7 eval examples have a training example's (task, input) (a 2, b 3)")
-    assert "b drop out, so it averages 1 task;" in note
-    assert "no held-out numbers" in overlap_note({"a": 4, "b": 3}, order)
+    assert "(b drop out: it averages 1 task), and so does CGC-LoRA's second interval" in note
+    assert "interval" not in overlap_note({"a": 2, "b": 3}, order, interval=False)  # no CGC-LoRA, no interval
+    assert "no held-out numbers" in overlap_note({"a": 4, "b": 3}, order, interval=True)
     runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
     report = build_report({"trainable": runs}, SETUP | {"eval_overlap": note})
     report["budgets"]["trainable"]["methods"]["cgc_lora"] |= {"held_out_mean": 0.25, "held_out_mean_std": 0.05}
