@@ -238,9 +238,9 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),
             }
-        held = {m: seesaw.held_out(scores, order, plan.rows["train"]) for m, (scores, _) in scored.items()}
+        held = {m: seesaw.held_out(s, order, plan.rows["train"]) for m, (s, _) in scored.items()} if overlap else {}
         for m, scores in held.items():
-            if overlap and scores:
+            if scores:
                 row = budget["methods"][m]
                 row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
         if OURS not in plan.methods or baseline is None:
@@ -251,7 +251,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             **paired_bootstrap(scored[OURS][0], scored[baseline][0]),
         }
         print(f"{match} budget: {seesaw.verdict(budget['comparison'])}")
-        if overlap and held[OURS]:
+        if held.get(OURS):
             budget["comparison_held_out"] = {**budget["comparison"], **paired_bootstrap(held[OURS], held[baseline])}
             print(f"{match} budget, held-out eval examples only: {seesaw.verdict(budget['comparison_held_out'])}")
     ours = finals.get((plan.matches[0], OURS), [])
