@@ -45,7 +45,7 @@ from cgc.analysis import report as seesaw
 from cgc.analysis.report import GIVEN, OURS
 from cgc.analysis.report_files import write_report
 from cgc.analysis.stats import mean_std, paired_bootstrap
-from cgc.data.validation_split import write_jsonl
+from cgc.data.validation_split import count_shared, example_keys, write_jsonl
 from cgc.recipe import ConfigError, error_exit, load_recipe_config
 from cgc.recipe.child_runs import is_done, launcher, prune_finished, run_to_end, write_run_config
 from cgc.recipe.comparison import (
@@ -226,19 +226,20 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         for match in plan.matches
     }
     report, metrics = seesaw.build_report(budgets, setup(plan, chosen, finals, argv)), plan.metrics
+    trained = example_keys(plan.rows["train"])
     for match, budget in report["budgets"].items():
         scored = {m: seesaw.per_example_scores(finals[(match, m)], metrics) for m in plan.methods}
         (_, order), *rest = scored.values()
         if any(other != order for _, other in rest):
             error_exit(f"the final runs ({match} budget) were scored on different eval examples; cannot pair them")
-        overlap, baseline = seesaw.eval_in_training(order, plan.rows["train"]), seesaw.best_baseline(budget["methods"])
+        overlap, baseline = count_shared(order, trained), seesaw.best_baseline(budget["methods"])
         if overlap:  # each mean, and the interval, also on the eval examples training lacks
             interval = OURS in plan.methods and baseline is not None
             report["setup"] |= {
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),
             }
-        held = {m: seesaw.held_out(s, order, plan.rows["train"]) for m, (s, _) in scored.items()} if overlap else {}
+        held = {m: seesaw.held_out(s, order, trained) for m, (s, _) in scored.items()} if overlap else {}
         for m, scores in held.items():
             if scores:
                 row = budget["methods"][m]

@@ -101,23 +101,11 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
     return {task: np.array([s[task] for s in per_seed]) for task in per_seed[0]}, order
 
 
-def eval_in_training(order: list[tuple[str, str]], train: list[dict]) -> dict[str, int]:
-    """Per task, the scored eval examples (`order`: their (task, input), as `per_example_scores` gives it) whose
-    (task, input) the training data also holds (`data.allow_eval_overlap` lets them be scored; the demo's letters
-    tasks draw every input from one 39-word list): their scores measure how well a method recalls what it was
-    trained on, not how it does on inputs it has not seen, which is what a grid's validation split (disjoint from
-    training by (task, input)) chose each lr for. Tasks without such examples are left out."""
-    trained = training_pairs(train)
-    counts: dict[str, int] = {}
-    for task, text in order:
-        if (task, text) in trained:
-            counts[task] = counts.get(task, 0) + 1
-    return counts
-
-
 def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval: bool) -> str:
-    """report.md's line on the eval examples that are training examples (`eval_in_training`'s counts); `interval`:
-    whether the report has CGC-LoRA's interval against a baseline."""
+    """report.md's line on the eval examples that are training examples (`counts`: per task, as
+    `cgc.data.validation_split.count_shared` gives them for `order`); `interval`: whether the report has CGC-LoRA's
+    interval against a baseline. Their scores measure how well a method recalls what it was trained on, not how it
+    does on inputs it has not seen (what a grid's validation split, disjoint from training, chose each lr for)."""
     per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
     line = f"{sum(counts.values())} of the {len(order)} eval examples have a training example's (task, input) "
     line += f"({per_task}): their scores measure recall of training data."
@@ -134,14 +122,10 @@ def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval:
     return line + "."
 
 
-def training_pairs(train: list[dict]) -> set[tuple[str, str]]:
-    return {(row["task"], row["input"]) for row in train}
-
-
-def held_out(scores: dict[str, np.ndarray], order: list, train: list[dict]) -> dict[str, np.ndarray]:
-    """`per_example_scores`' output restricted to the eval examples whose (task, input) is not in `train`: task ->
-    (seeds, held-out examples); a task with none left drops out."""
-    trained = training_pairs(train)
+def held_out(scores: dict[str, np.ndarray], order: list, trained: set[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """`per_example_scores`' output restricted to the eval examples whose (task, input) is not in `trained` (the
+    training examples' `cgc.data.validation_split.example_keys`): task -> (seeds, held-out examples); a task with
+    none left drops out."""
     kept = {}
     for task, per_seed in scores.items():
         keep = np.array([(t, text) not in trained for t, text in order if t == task], dtype=bool)

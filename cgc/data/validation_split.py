@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from cgc.data.loading import DataError
@@ -18,7 +20,7 @@ def carve_validation(
     train: list[dict], evaluation: list[dict], per_task: int, seed: int
 ) -> tuple[list[dict], list[dict]]:
     """-> (train without the validation examples, validation); both keep the order of `train`."""
-    held_out = {(row["task"], row["input"]) for row in evaluation}
+    held_out = example_keys(evaluation)
     candidates: dict[str, list[str]] = {}
     for row in train:
         key = (row["task"], row["input"])
@@ -40,12 +42,24 @@ def carve_validation(
     return rest, validation
 
 
+def example_keys(rows: Iterable[dict]) -> set[tuple[str, str]]:
+    """The (task, input) of each example: what makes two examples the same one across splits (the target does not:
+    a prompt trained on is not held out whatever its answer)."""
+    return {(row["task"], row["input"]) for row in rows}
+
+
+def count_shared(pairs: Iterable[tuple[str, str]], keys: set[tuple[str, str]]) -> dict[str, int]:
+    """Per task (sorted), how many of `pairs` (one (task, input) per example, repeats counted) `keys` holds; tasks
+    with none are left out. E.g. the eval examples that are training examples."""
+    return dict(sorted(Counter(task for task, text in pairs if (task, text) in keys).items()))
+
+
 def check_disjoint(validation: list[dict], evaluation: list[dict], train: list[dict]) -> None:
     """A validation set given by the user shares no (task, input) with the eval or training examples: tuning on eval
     examples would be tuning on the test set; on training examples, scoring what was trained. Raises DataError."""
-    keys = {(r["task"], r["input"]) for r in validation}
+    keys = example_keys(validation)
     for name, rows in (("eval", evaluation), ("training", train)):
-        shared = keys & {(r["task"], r["input"]) for r in rows}
+        shared = keys & example_keys(rows)
         if shared:
             example = sorted(shared)[0]
             raise DataError(

@@ -10,13 +10,13 @@ import difflib
 import json
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
 from cgc.data.loading import load_task_examples, task_counts
+from cgc.data.validation_split import count_shared
 from cgc.evaluation.metrics import MetricSpec, task_metrics
 from cgc.recipe.compatibility import MachineFacts, unsupported_combinations
 from cgc.recipe.config import ConfigError, RecipeConfig, load_recipe_config
@@ -79,12 +79,10 @@ def check_eval_is_held_out(cfg: RecipeConfig, train_raw, eval_raw) -> None:
     """Eval examples whose (task, input) the training data also holds score training data as held-out: refused
     (ConfigError) with the count per task, or with data.allow_eval_overlap a warning saying so."""
     trained = set(zip(train_raw["task"], train_raw["input"], strict=True))
-    pairs = zip(eval_raw["task"], eval_raw["input"], strict=True)
-    seen = Counter(task for task, text in pairs if (task, text) in trained)
-    if not seen:
+    per_task = count_shared(zip(eval_raw["task"], eval_raw["input"], strict=True), trained)
+    if not per_task:
         return
-    per_task = dict(sorted(seen.items()))
-    what = f"{sum(seen.values())} of {len(eval_raw)} eval examples have a training example's input ({per_task})"
+    what = f"{sum(per_task.values())} of {len(eval_raw)} eval examples have a training example's input ({per_task})"
     refuse_unless(
         cfg.data.allow_eval_overlap,
         f"data.eval_files: {what}: their scores would not be held-out scores. Remove them from the eval files, "

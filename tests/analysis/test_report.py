@@ -9,7 +9,6 @@ from cgc.analysis.report import (
     TASK_HIDDEN,
     best_baseline,
     build_report,
-    eval_in_training,
     held_out,
     inputs_note,
     lrs_within_noise,
@@ -20,6 +19,7 @@ from cgc.analysis.report import (
     verdict,
 )
 from cgc.analysis.report_files import markdown, write_report
+from cgc.data.validation_split import count_shared, example_keys
 from cgc.evaluation import task_metrics
 
 TASKS = {"add": "numbers", "uppercase": "words", "length": "letters"}
@@ -223,8 +223,9 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
     scores, order = per_example_scores([run("s0", 2), run("s1", 3)], task_metrics(["a", "b"], "exact_match", {}))
     train = [{"task": "a", "input": "a 0"}, {"task": "a", "input": "a 1"}, {"task": "b", "input": "a 2"}]
     train += [{"task": "b", "input": f"b {i}"} for i in range(3)]  # every `b` eval example is trained on
-    assert eval_in_training(order, train) == {"a": 2, "b": 3}  # `a 2` under task b is not `a`'s example
-    held = held_out(scores, order, train)
+    trained = example_keys(train)
+    assert count_shared(order, trained) == {"a": 2, "b": 3}  # `a 2` under task b is not `a`'s example
+    held = held_out(scores, order, trained)
     assert list(held) == ["a"] and held["a"].tolist() == [[0.0, 0.0], [1.0, 0.0]]  # a 2 and a 3, per seed
     assert seed_means(scores) == [0.75, 0.875] and seed_means(held) == [0.0, 0.5]  # (2/4 + 1) / 2, (3/4 + 1) / 2
 

@@ -3,14 +3,13 @@
 import json
 
 from cgc.data import load_examples
-from cgc.data.validation_split import carve_validation, write_jsonl
+from cgc.data.validation_split import carve_validation, count_shared, example_keys, write_jsonl
 from tests.conftest import ROOT
 
 DEMO = ROOT / "recipes" / "data" / "demo"
 
 
-def keys(rows):
-    return {(r["task"], r["input"]) for r in rows}
+keys = example_keys
 
 
 def test_the_demo_split_is_disjoint_from_training_and_eval_and_seeded(tmp_path):
@@ -41,3 +40,16 @@ def test_a_repeated_training_input_leaves_training_whole():
     (picked,) = keys(validation)
     assert picked in {("t", "a"), ("t", "b")}  # never the eval input
     assert picked not in keys(rest) and len(rest) == 6 - sum(1 for x in "aabbbc" if x == picked[1])
+
+
+def test_the_demo_eval_examples_that_training_holds_are_counted_per_task():
+    """The demo's letters tasks draw every input from one 39-word list: all their eval examples are training examples
+    (data.allow_eval_overlap); no other task's are. The count is what the recipe's check and the report both give."""
+    train = list(load_examples(DEMO / "instruct_train.jsonl"))
+    evaluation = list(load_examples(DEMO / "instruct_eval.jsonl"))
+    shared = count_shared(((r["task"], r["input"]) for r in evaluation), example_keys(train))
+    letters = ["first_letter", "last_letter", "length"]
+    assert list(shared) == letters  # sorted, and only the tasks that have any
+    assert shared == {task: sum(r["task"] == task for r in evaluation) for task in letters}
+    repeated = [("a", "x"), ("a", "x"), ("b", "x"), ("a", "y")]
+    assert count_shared(repeated, {("a", "x"), ("b", "y")}) == {"a": 2}  # repeats count; (b, x) is not (b, y)
