@@ -76,6 +76,8 @@ def test_the_yaml_shows_the_affinity_and_the_cost_of_a_split():
     rows = [line for line in text.splitlines() if line.startswith("#  ")]
     assert [row.split()[2:] for row in rows[-2:]] == [["a", "1.00", "-0.25"], ["b", "-0.25", "1.00"]]
     assert "(1/2 with 2 clusters of as many tasks)" in text
+    assert "--methods cgc_lora,cgc_one_cluster" in text  # how to measure the split against one cluster
+    assert "cgc_one_cluster" not in to_yaml({"cluster0": ["a", "b"]}, affinity)  # one cluster: nothing to compare
 
 
 def test_cli_prints_a_cluster_map_as_yaml(tmp_path):
