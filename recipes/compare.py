@@ -44,7 +44,7 @@ from cgc.analysis import gate_report
 from cgc.analysis import report as seesaw
 from cgc.analysis.report import GIVEN, OURS
 from cgc.analysis.report_files import write_report
-from cgc.analysis.stats import mean_std, paired_bootstrap
+from cgc.analysis.stats import mean_std
 from cgc.data.validation_split import count_shared, example_keys, write_jsonl
 from cgc.recipe import ConfigError, error_exit, load_recipe_config
 from cgc.recipe.child_runs import is_done, launcher, prune_finished, run_to_end, write_run_config
@@ -244,17 +244,10 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             if scores:
                 row = budget["methods"][m]
                 row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
-        if OURS not in plan.methods or baseline is None:
-            continue
-        budget["comparison"] = {
-            "baseline": baseline,
-            "baseline_label": LABELS[baseline],
-            **paired_bootstrap(scored[OURS][0], scored[baseline][0]),
-        }
-        print(f"{match} budget: {seesaw.verdict(budget['comparison'])}")
-        if held.get(OURS):
-            budget["comparison_held_out"] = {**budget["comparison"], **paired_bootstrap(held[OURS], held[baseline])}
-            print(f"{match} budget, held-out eval examples only: {seesaw.verdict(budget['comparison_held_out'])}")
+        if OURS in plan.methods:
+            budget |= seesaw.comparisons({m: s for m, (s, _) in scored.items()}, held, baseline)
+            for line in seesaw.comparison_lines(budget):
+                print(f"{match} budget: {line}")
     ours = finals.get((plan.matches[0], OURS), [])
     gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
     shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)

@@ -164,11 +164,12 @@ def to_yaml(clusters: Mapping[str, Sequence[str]], affinity: Mapping[str, Mappin
             f" draw it, its tasks' share of them (1/{len(clusters)} with {len(clusters)} clusters of as many tasks)"
         )
         # Why a pointer, not a verdict: on both demo variants one cluster of every task scored above every map this
-        # tool proposed, conflicts included (docs/experiments.md, ninth session); one warm-up point's cosines do
-        # not predict whether a split pays, a comparison on the user's data does.
+        # tool proposed, conflicts included (docs/experiments.md, ninth session, one seed each): cosines measured at
+        # one warm-up point did not predict whether a split pays there; a comparison on the user's data does.
         lines.append(
             "# whether this split beats one cluster of every task is measured, not predicted by these cosines:"
-            " python recipes/compare.py --config YOUR.yaml --methods cgc_lora,cgc_one_cluster (with this map)"
+            " python recipes/compare.py --config YOUR.yaml --methods cgc_lora,cgc_one_cluster (this map in YOUR.yaml;"
+            " the report pairs CGC-LoRA against one cluster)"
         )
     lines.append(
         yaml.safe_dump(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgc.adapter.presets import BASELINES, LABELS
+from cgc.adapter.presets import BASELINES, CONTROLS, LABELS
 from cgc.analysis.stats import mean_std, paired_bootstrap
 from cgc.evaluation.metrics import MetricSpec, example_scores
 from cgc.training.run_dir import RunDir
@@ -212,14 +212,45 @@ def best_baseline(report_methods: dict[str, dict]) -> str | None:
     return max(others, key=others.get) if others else None
 
 
+def comparisons(scored: dict, held: dict, baseline: str | None) -> dict:
+    """A budget's paired intervals of CGC-LoRA − another method (`paired_bootstrap` over seeds x eval examples).
+    `scored`: method -> task -> (seeds, examples), CGC-LoRA among them; `held`: the same on the held-out eval
+    examples (empty where none is a training example); `baseline`: the best baseline's name, or None.
+    -> `comparison` (against `baseline`), `comparison_held_out` (the same on `held`) and `controls`: against each of
+    CGC-LoRA's controls run beside it, on every eval example: what its gate, task experts or cluster map add on
+    this data, e.g. whether the user's map beats one cluster of every task (`cgc_one_cluster`)."""
+
+    def against(other: str, ours: dict, theirs: dict) -> dict:
+        return {"baseline": other, "baseline_label": LABELS[other], **paired_bootstrap(ours, theirs)}
+
+    found = {}
+    if baseline is not None:
+        found["comparison"] = against(baseline, scored[OURS], scored[baseline])
+        if held.get(OURS):
+            found["comparison_held_out"] = against(baseline, held[OURS], held[baseline])
+    controls = {m: against(m, scored[OURS], s) for m, s in scored.items() if m in CONTROLS}
+    return found | ({"controls": controls} if controls else {})
+
+
 def verdict(comparison: dict) -> str:
-    """One sentence on CGC-LoRA − the best baseline."""
+    """One sentence on CGC-LoRA − another method (the best baseline, or a control)."""
     c = comparison
     interval = f"{c['difference']:+.3f} (95 % interval {c['low']:+.3f} to {c['high']:+.3f})"
     if not c["significant"]:
         return f"CGC-LoRA − {c['baseline_label']}: {interval}: **no significant difference**."
     better = "better" if c["difference"] > 0 else "worse"
     return f"CGC-LoRA − {c['baseline_label']}: {interval}: CGC-LoRA is significantly {better}."
+
+
+def comparison_lines(budget: dict) -> list[str]:
+    """report.md's sentences on a budget's intervals (`comparisons`' keys), in that order."""
+    lines = [verdict(budget["comparison"])] if "comparison" in budget else []
+    if "comparison_held_out" in budget:
+        lines.append(f"Held-out eval examples only: {verdict(budget['comparison_held_out'])}")
+    if "controls" in budget:
+        lines.append("Against its controls (what each part adds here; every eval example):")
+        lines += [f"- {verdict(c)}" for c in budget["controls"].values()]
+    return lines
 
 
 def training_note(seen: dict[str, int]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cgc.analysis.report import BUDGET_TITLES, GIVEN, OURS, REFERENCE, verdict
+from cgc.analysis.report import BUDGET_TITLES, GIVEN, OURS, REFERENCE, comparison_lines
 
 
 def markdown(report: dict) -> str:
@@ -36,10 +36,8 @@ def markdown(report: dict) -> str:
                 f"({shared['trainable_params']:,} vs {ours['trainable_params']:,}, the gates aside): "
                 'the "a bigger rank instead of experts" row.',
             ]
-        if "comparison" in budget:
-            lines += ["", verdict(budget["comparison"])]
-        if "comparison_held_out" in budget:
-            lines += ["", f"Held-out eval examples only: {verdict(budget['comparison_held_out'])}"]
+        for line in comparison_lines(budget):
+            lines += ["", line]
     lines += ["", "![mean score against served rank and trainable parameters](budgets.png)"]
     if "gates" in report:
         lines += ["", report["gates"]["summary"], "", "![gate share on own experts per task and block](gates.png)"]

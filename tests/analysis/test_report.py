@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from cgc.analysis.gate_report import own_share, summary
@@ -9,6 +10,8 @@ from cgc.analysis.report import (
     TASK_HIDDEN,
     best_baseline,
     build_report,
+    comparison_lines,
+    comparisons,
     held_out,
     inputs_note,
     lrs_within_noise,
@@ -19,6 +22,7 @@ from cgc.analysis.report import (
     verdict,
 )
 from cgc.analysis.report_files import markdown, write_report
+from cgc.analysis.stats import paired_bootstrap
 from cgc.data.validation_split import count_shared, example_keys
 from cgc.evaluation import task_metrics
 
@@ -245,3 +249,34 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
     text = markdown(report)
     assert note in text and "| held-out mean |" in text and "| 0.500 ± 0.000 | 0.250 ± 0.050 |" in text
     assert "Held-out eval examples only: CGC-LoRA − MOELoRA: +0.010 (95 % interval -0.050 to +0.070)" in text
+
+
+def test_cgc_lora_is_paired_against_the_best_baseline_and_each_control_run_beside_it():
+    """One cluster against the user's map (and the other controls) is what tells whether the split, the gate or the
+    task experts pay on this data: each gets its own paired interval, next to the best baseline's."""
+    rng = np.random.default_rng(0)
+    ours = {"a": rng.integers(0, 2, (2, 30)).astype(float), "b": rng.integers(0, 2, (2, 30)).astype(float)}
+    scored = {
+        "cgc_lora": ours,
+        "moelora": {t: np.zeros_like(s) for t, s in ours.items()},  # CGC-LoRA clearly better
+        "cgc_one_cluster": {t: s.copy() for t, s in ours.items()},  # identical: a zero interval
+        "per_task_lora": {t: np.ones_like(s) for t, s in ours.items()},  # not the chosen baseline: no interval
+    }
+    held = {m: {"a": s["a"][:, :10]} for m, s in scored.items()}
+    found = comparisons(scored, held, "moelora")
+    assert list(found) == ["comparison", "comparison_held_out", "controls"]
+    assert found["comparison"] == {"baseline": "moelora", "baseline_label": "MOELoRA"} | paired_bootstrap(
+        ours, scored["moelora"]
+    )
+    assert found["comparison_held_out"]["difference"] == pytest.approx(ours["a"][:, :10].mean())
+    assert list(found["controls"]) == ["cgc_one_cluster"]
+    one = found["controls"]["cgc_one_cluster"]
+    assert (one["difference"], one["low"], one["high"], one["significant"]) == (0.0, 0.0, 0.0, False)
+    lines = comparison_lines(found)
+    assert lines[0].startswith("CGC-LoRA − MOELoRA: +") and lines[0].endswith("CGC-LoRA is significantly better.")
+    assert (
+        lines[-1]
+        == "- CGC-LoRA − CGC-LoRA, one cluster: +0.000 (95 % interval +0.000 to +0.000): **no significant difference**."
+    )
+    assert comparisons(scored, {}, None) == {"controls": found["controls"]}  # no baseline run: the controls still
+    assert comparisons({"cgc_lora": ours}, {}, None) == {} and comparison_lines({}) == []

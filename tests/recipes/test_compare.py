@@ -340,6 +340,9 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     assert (tmp_path / "shared_lora@served" / "seed_0").is_dir() and not (tmp_path / "cgc_lora@served").exists()
     markdown = (tmp_path / "report.md").read_text()
     assert "## Matched served rank" in markdown and "(CGC-LoRA's)" in markdown and "served at rank 12" in markdown
+    controls = report["budgets"]["served"]["controls"]  # CGC-LoRA paired against each control beside it
+    assert list(controls) == list(CONTROLS) and all(c["low"] <= c["difference"] <= c["high"] for c in controls.values())
+    assert "- CGC-LoRA − CGC-LoRA, one cluster: " in markdown
     both = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, "--match", "trainable,served", *one)
     assert both.returncode == 0, (both.stdout + both.stderr)[-4000:]
     assert both.stdout.count("done earlier, kept") == 8 + 2  # the served runs, and the 2 trainable runs they were
