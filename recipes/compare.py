@@ -15,10 +15,10 @@ task), each at the learning rate its own validation grid picked, over several se
    budgets. The gates' lr is their own (train.gate_lr, or --gate_lr). The eval files are never looked at here.
 3. Final runs: per method, budget and seed (config seed, +1, ...), train.max_steps steps at the chosen lr, scored on
    the eval files (--eval_examples per task where the data has them).
-4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, a paired bootstrap 95 % interval of CGC-LoRA
-   − the best baseline over eval examples × seeds (both again on the held-out eval examples alone where some eval
-   examples are training examples: data.allow_eval_overlap); the gates' own-vs-shared split: report.json,
-   report.md, seesaw.png, budgets.png, gates.png.
+4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, paired bootstrap 95 % intervals of CGC-LoRA
+   − the best baseline and − each control run beside it, over eval examples × seeds (all again on the held-out eval
+   examples alone where some eval examples are training examples: data.allow_eval_overlap); the gates'
+   own-vs-shared split: report.json, report.md, seesaw.png, budgets.png, gates.png.
 
 Every run is one run of recipes/finetune.py under --out (default <output_dir>/compare): grid/<method>/lr_<lr>/ and
 <method>/seed_<seed>/ (a grid's further seeds: lr_<lr>_seed_<seed>/, so a rerun with more --grid_seeds keeps the
@@ -219,8 +219,8 @@ def final_runs(plan: Plan, chosen: dict) -> dict[tuple[str, str], list[Path]]:
 
 
 def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> dict:
-    """The report.json object: every method's runs per budget, the interval of CGC-LoRA − the best baseline under
-    each budget, the gates."""
+    """The report.json object: every method's runs per budget, the intervals of CGC-LoRA − the best baseline and −
+    each control under each budget, the gates."""
     budgets = {
         match: {m: method_runs(plan, match, m, chosen[(match, m)], finals[(match, m)]) for m in plan.methods}
         for match in plan.matches
@@ -234,7 +234,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             error_exit(f"the final runs ({match} budget) were scored on different eval examples; cannot pair them")
         overlap, baseline = count_shared(order, trained), seesaw.best_baseline(budget["methods"])
         if overlap:  # each mean, and the interval, also on the eval examples training lacks
-            interval = OURS in plan.methods and baseline is not None
+            interval = OURS in plan.methods and (baseline is not None or any(m in CONTROLS for m in plan.methods))
             report["setup"] |= {
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),
@@ -247,7 +247,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         if OURS in plan.methods:
             budget |= seesaw.comparisons({m: s for m, (s, _) in scored.items()}, held, baseline)
             for line in seesaw.comparison_lines(budget):
-                print(f"{match} budget: {line}")
+                print(f"{match} budget: {line.removeprefix('- ')}")
     ours = finals.get((plan.matches[0], OURS), [])
     gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
     shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)

@@ -1,7 +1,8 @@
 """The seesaw report: per-task scores of several methods side by side (mean ± std over seeds), each method's
 per-task delta against per-task LoRA (one adapter per task, so no task has to share with another), the
-learning rate each method got from its validation grid, a paired bootstrap interval of CGC-LoRA − the best
-baseline, and what CGC-LoRA's gates learned: report.json, report.md, seesaw.png (and gates.png).
+learning rate each method got from its validation grid, paired bootstrap intervals of CGC-LoRA − the best
+baseline and − each of its controls run beside it, and what CGC-LoRA's gates learned: report.json, report.md,
+seesaw.png (and gates.png).
 
 "Seesaw": training tasks together lifts some and pushes others down. A method's *worst drop* is how far its
 worst task falls below per-task LoRA (0 when no task falls), the number the CGC-LoRA paper's design targets.
@@ -104,8 +105,9 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
 def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval: bool) -> str:
     """report.md's line on the eval examples that are training examples (`counts`: per task, as
     `cgc.data.validation_split.count_shared` gives them for `order`); `interval`: whether the report has CGC-LoRA's
-    interval against a baseline. Their scores measure how well a method recalls what it was trained on, not how it
-    does on inputs it has not seen (what a grid's validation split, disjoint from training, chose each lr for)."""
+    intervals (against a baseline or a control). Their scores measure how well a method recalls what it was trained
+    on, not how it does on inputs it has not seen (what a grid's validation split, disjoint from training, chose
+    each lr for)."""
     per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
     line = f"{sum(counts.values())} of the {len(order)} eval examples have a training example's (task, input) "
     line += f"({per_task}): their scores measure recall of training data."
@@ -118,7 +120,7 @@ def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval:
         f" ({', '.join(gone)} drop out: it averages {n} task{'s' * (n != 1)})" if gone else ""
     )
     if interval:
-        line += ", and so does CGC-LoRA's second interval, against the baseline chosen on every eval example's mean"
+        line += ", and so do CGC-LoRA's held-out intervals (against the same methods as on every eval example)"
     return line + "."
 
 
@@ -216,9 +218,9 @@ def comparisons(scored: dict, held: dict, baseline: str | None) -> dict:
     """A budget's paired intervals of CGC-LoRA − another method (`paired_bootstrap` over seeds x eval examples).
     `scored`: method -> task -> (seeds, examples), CGC-LoRA among them; `held`: the same on the held-out eval
     examples (empty where none is a training example); `baseline`: the best baseline's name, or None.
-    -> `comparison` (against `baseline`), `comparison_held_out` (the same on `held`) and `controls`: against each of
-    CGC-LoRA's controls run beside it, on every eval example: what its gate, task experts or cluster map add on
-    this data, e.g. whether the user's map beats one cluster of every task (`cgc_one_cluster`)."""
+    -> `comparison` (against `baseline`) and `controls`: against each of CGC-LoRA's controls run beside it, what
+    its gate, task experts or cluster map add on this data (e.g. whether the user's map beats one cluster of every
+    task, `cgc_one_cluster`); `comparison_held_out` and `controls_held_out`: the same on `held`."""
 
     def against(other: str, ours: dict, theirs: dict) -> dict:
         return {"baseline": other, "baseline_label": LABELS[other], **paired_bootstrap(ours, theirs)}
@@ -228,8 +230,12 @@ def comparisons(scored: dict, held: dict, baseline: str | None) -> dict:
         found["comparison"] = against(baseline, scored[OURS], scored[baseline])
         if held.get(OURS):
             found["comparison_held_out"] = against(baseline, held[OURS], held[baseline])
-    controls = {m: against(m, scored[OURS], s) for m, s in scored.items() if m in CONTROLS}
-    return found | ({"controls": controls} if controls else {})
+    controls = [m for m in scored if m in CONTROLS]
+    if controls:
+        found["controls"] = {m: against(m, scored[OURS], scored[m]) for m in controls}
+        if held.get(OURS):
+            found["controls_held_out"] = {m: against(m, held[OURS], held[m]) for m in controls}
+    return found
 
 
 def verdict(comparison: dict) -> str:
@@ -243,13 +249,15 @@ def verdict(comparison: dict) -> str:
 
 
 def comparison_lines(budget: dict) -> list[str]:
-    """report.md's sentences on a budget's intervals (`comparisons`' keys), in that order."""
+    """report.md's sentences on a budget's intervals (`comparisons`' keys): the best baseline's, then the controls'
+    as a list; each again on the held-out eval examples where the report has them."""
     lines = [verdict(budget["comparison"])] if "comparison" in budget else []
     if "comparison_held_out" in budget:
         lines.append(f"Held-out eval examples only: {verdict(budget['comparison_held_out'])}")
-    if "controls" in budget:
-        lines.append("Against its controls (what each part adds here; every eval example):")
-        lines += [f"- {verdict(c)}" for c in budget["controls"].values()]
+    for key, which in (("controls", "every eval example"), ("controls_held_out", "held-out eval examples only")):
+        if key in budget:
+            lines.append(f"Against its controls (what each part adds here; {which}):")
+            lines += [f"- {verdict(c)}" for c in budget[key].values()]
     return lines
 
 

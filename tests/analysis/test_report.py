@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from cgc.adapter.presets import LABELS
 from cgc.analysis.gate_report import own_share, summary
 from cgc.analysis.report import (
     TASK_HIDDEN,
@@ -235,7 +236,7 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
 
     note = overlap_note({"a": 2, "b": 3}, order, interval=True)
     assert note.startswith("5 of the 7 eval examples have a training example's (task, input) (a 2, b 3)")
-    assert "(b drop out: it averages 1 task), and so does CGC-LoRA's second interval" in note
+    assert "(b drop out: it averages 1 task), and so do CGC-LoRA's held-out intervals" in note
     assert "interval" not in overlap_note({"a": 2, "b": 3}, order, interval=False)  # no CGC-LoRA, no interval
     assert "no held-out numbers" in overlap_note({"a": 4, "b": 3}, order, interval=True)
     runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
@@ -253,30 +254,42 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
 
 def test_cgc_lora_is_paired_against_the_best_baseline_and_each_control_run_beside_it():
     """One cluster against the user's map (and the other controls) is what tells whether the split, the gate or the
-    task experts pay on this data: each gets its own paired interval, next to the best baseline's."""
+    task experts pay on this data: each gets its own paired interval, next to the best baseline's, on every eval
+    example and on the held-out ones."""
     rng = np.random.default_rng(0)
     ours = {"a": rng.integers(0, 2, (2, 30)).astype(float), "b": rng.integers(0, 2, (2, 30)).astype(float)}
     scored = {
         "cgc_lora": ours,
         "moelora": {t: np.zeros_like(s) for t, s in ours.items()},  # CGC-LoRA clearly better
         "cgc_one_cluster": {t: s.copy() for t, s in ours.items()},  # identical: a zero interval
+        "cgc_no_gate": {t: rng.integers(0, 2, s.shape).astype(float) for t, s in ours.items()},
         "per_task_lora": {t: np.ones_like(s) for t, s in ours.items()},  # not the chosen baseline: no interval
     }
     held = {m: {"a": s["a"][:, :10]} for m, s in scored.items()}
     found = comparisons(scored, held, "moelora")
-    assert list(found) == ["comparison", "comparison_held_out", "controls"]
-    assert found["comparison"] == {"baseline": "moelora", "baseline_label": "MOELoRA"} | paired_bootstrap(
-        ours, scored["moelora"]
-    )
-    assert found["comparison_held_out"]["difference"] == pytest.approx(ours["a"][:, :10].mean())
-    assert list(found["controls"]) == ["cgc_one_cluster"]
+    assert list(found) == ["comparison", "comparison_held_out", "controls", "controls_held_out"]
+
+    def expected(other: str, ours: dict, theirs: dict) -> dict:
+        return {"baseline": other, "baseline_label": LABELS[other]} | paired_bootstrap(ours, theirs)
+
+    assert found["comparison"] == expected("moelora", ours, scored["moelora"])
+    assert found["comparison_held_out"] == expected("moelora", held["cgc_lora"], held["moelora"])
+    assert found["controls"] == {m: expected(m, ours, scored[m]) for m in ("cgc_one_cluster", "cgc_no_gate")}
+    assert found["controls_held_out"] == {
+        m: expected(m, held["cgc_lora"], held[m]) for m in ("cgc_one_cluster", "cgc_no_gate")
+    }
     one = found["controls"]["cgc_one_cluster"]
     assert (one["difference"], one["low"], one["high"], one["significant"]) == (0.0, 0.0, 0.0, False)
+    assert found["controls"]["cgc_no_gate"]["difference"] != 0.0  # paired with its own scores, not CGC-LoRA's
     lines = comparison_lines(found)
     assert lines[0].startswith("CGC-LoRA − MOELoRA: +") and lines[0].endswith("CGC-LoRA is significantly better.")
-    assert (
-        lines[-1]
-        == "- CGC-LoRA − CGC-LoRA, one cluster: +0.000 (95 % interval +0.000 to +0.000): **no significant difference**."
+    assert lines[1].startswith("Held-out eval examples only: CGC-LoRA − MOELoRA: +")
+    assert lines[2] == "Against its controls (what each part adds here; every eval example):"
+    assert lines[3] == (
+        "- CGC-LoRA − CGC-LoRA, one cluster: +0.000 (95 % interval +0.000 to +0.000): **no significant difference**."
     )
-    assert comparisons(scored, {}, None) == {"controls": found["controls"]}  # no baseline run: the controls still
+    assert lines[5] == "Against its controls (what each part adds here; held-out eval examples only):"
+    assert len(lines) == 8
+    no_baseline = comparisons(scored, {}, None)  # no baseline run, nothing held out: the controls still
+    assert no_baseline == {"controls": found["controls"]}
     assert comparisons({"cgc_lora": ours}, {}, None) == {} and comparison_lines({}) == []
