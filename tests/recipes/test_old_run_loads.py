@@ -1,12 +1,12 @@
 """A run written before cgc was split into subpackages (tests/fixtures/run_before_package_move, see its README)
 still loads: its adapter loads and exports exactly the PEFT adapter it exported then, and its checkpoint resumes."""
 
-import json
 import shutil
 import subprocess
 import sys
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import load_file
 
 import cgc
@@ -38,10 +38,12 @@ def test_the_old_adapter_loads_and_exports_what_it_exported_then(tmp_path):
 
 
 def load_export(directory) -> dict:
-    """A PEFT export's tensors and config; the config without what differs by the base's loading (the old run's
-    base was a temporary NF4 directory), target modules as a set (PEFT writes a set, in no fixed order)."""
-    config = json.loads((directory / "adapter_config.json").read_text())
-    config.pop("base_model_name_or_path")
+    """A PEFT export's tensors and config, the config as the installed PEFT reads it (a newer PEFT adds fields at
+    their defaults and writes its own version: the same adapter), without what differs by the base's loading (the
+    old run's base was a temporary NF4 directory), target modules as a set (PEFT writes a set, in no fixed order)."""
+    config = LoraConfig.from_pretrained(directory).to_dict()
+    for key in ("base_model_name_or_path", "peft_version"):
+        config.pop(key, None)
     config["target_modules"] = sorted(config["target_modules"])
     return {"tensors": load_file(directory / "adapter_model.safetensors"), "config": config}
 
