@@ -233,12 +233,7 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
         if any(other != order for _, other in rest):
             error_exit(f"the final runs ({match} budget) were scored on different eval examples; cannot pair them")
         overlap, baseline = count_shared(order, trained), seesaw.best_baseline(budget["methods"])
-        if overlap:  # each mean, and the interval, also on the eval examples training lacks
-            interval = OURS in plan.methods and (baseline is not None or any(m in CONTROLS for m in plan.methods))
-            report["setup"] |= {
-                "eval_in_training": overlap,
-                "eval_overlap": seesaw.overlap_note(overlap, order, interval),
-            }
+        # each mean, and the intervals, also on the eval examples training lacks
         held = {m: seesaw.held_out(s, order, trained) for m, (s, _) in scored.items()} if overlap else {}
         for m, scores in held.items():
             if scores:
@@ -248,6 +243,12 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             budget |= seesaw.comparisons({m: s for m, (s, _) in scored.items()}, held, baseline)
             for line in seesaw.comparison_lines(budget):
                 print(f"{match} budget: {line.removeprefix('- ')}")
+        if overlap:
+            interval = "comparison_held_out" in budget or "controls_held_out" in budget
+            report["setup"] |= {
+                "eval_in_training": overlap,
+                "eval_overlap": seesaw.overlap_note(overlap, order, interval),
+            }
     ours = finals.get((plan.matches[0], OURS), [])
     gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
     shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)
