@@ -48,8 +48,9 @@ def summary(shares: dict[str, list[float]], uniform: float, start: float | None 
     return (
         f"Gates: on average {1 - overall:.0%} of each task's gate is on its cluster's shared experts and "
         f"{overall:.0%} on its own (a uniform gate: {uniform:.0%}{started}); most on its own experts: "
-        f"`{most_own}` ({means[most_own]:.0%}), most shared: `{most_shared}` ({means[most_shared]:.0%}); own share "
-        f"{first:.0%} in the first third of the blocks, {last:.0%} in the last third."
+        f"`{most_own}` ({means[most_own]:.0%} own), most on the shared ones: `{most_shared}` "
+        f"({1 - means[most_shared]:.0%} shared); own share {first:.0%} in the first third of the blocks, {last:.0%} in "
+        "the last third."
     )
 
 

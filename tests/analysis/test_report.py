@@ -121,6 +121,18 @@ def test_gate_shares_per_block_are_the_weight_on_own_experts_averaged_over_proje
     assert "(a uniform gate: 33%)" in line and "own share 35% in the first third of the blocks, 75% in the last" in line
 
 
+def test_the_gate_summary_gives_each_named_task_the_share_its_label_says():
+    """The most-shared task's figure is its shared share: a 47 % own share once read as '47 % shared'."""
+
+    def gates(own):  # S = 2 shared, K = 1 own; one block
+        return {"model.layers.0.self_attn.q_proj": [(1 - own) / 2, (1 - own) / 2, own]}
+
+    shares, uniform, _ = own_share([{"num_shared_experts": 2, "tasks": {"add": gates(0.3), "upper": gates(0.9)}}])
+    line = summary(shares, uniform)
+    assert "most on its own experts: `upper` (90% own)" in line
+    assert "most on the shared ones: `add` (70% shared)" in line
+
+
 def test_the_gate_summary_names_a_start_off_uniform():
     """An own-biased start is off uniform before any step: the report must say where the gates started."""
 
