@@ -17,8 +17,9 @@ task), each at the learning rate its own validation grid picked, over several se
    the eval files (--eval_examples per task where the data has them).
 4. Report: per budget, mean ± std over seeds, deltas vs per-task LoRA, paired bootstrap 95 % intervals of CGC-LoRA
    − the best baseline and − each control run beside it, over eval examples × seeds (all again on the held-out eval
-   examples alone where some eval examples are training examples: data.allow_eval_overlap); the gates'
-   own-vs-shared split: report.json, report.md, seesaw.png, budgets.png, gates.png.
+   examples alone where some eval examples are training examples: data.allow_eval_overlap); the own-vs-shared
+   split of every learned gate (CGC-LoRA's and its controls'): report.json, report.md, seesaw.png, budgets.png,
+   gates.png (CGC-LoRA's), gates_<method>.png (a control's).
 
 Every run is one run of recipes/finetune.py under --out (default <output_dir>/compare): grid/<method>/lr_<lr>/ and
 <method>/seed_<seed>/ (a grid's further seeds: lr_<lr>_seed_<seed>/, so a rerun with more --grid_seeds keeps the
@@ -249,12 +250,10 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),
             }
-    ours = finals.get((plan.matches[0], OURS), [])
-    gate_files = [json.loads(RunDir(d).gates.read_text()) for d in ours if RunDir(d).gates.is_file()]
-    shares, uniform, start = gate_report.own_share(gate_files) if gate_files else ({}, 0.0, None)
-    if shares:
-        line = gate_report.summary(shares, uniform, start)
-        report["gates"] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line}
+    first = plan.matches[0]  # every method whose gate learned (not cgc_no_gate's frozen one): CGC-LoRA's, controls'
+    gated = {m: finals.get((first, m), []) for m in plan.methods if plan.presets[first][m].train_gate}
+    if gates := gate_report.method_gates(gated):
+        report["gates"] = gates
     return report
 
 

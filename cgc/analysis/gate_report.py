@@ -4,9 +4,13 @@ A share near 0: the task leans on what its cluster shares; near 1: on its own ex
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
+
+from cgc.training.run_dir import RunDir
 
 _BLOCK = re.compile(r"\.(\d+)\.")  # the block index in 'model.layers.7.self_attn.q_proj'
 
@@ -35,6 +39,20 @@ def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float, fl
     return {task: np.mean(runs, axis=0).tolist() for task, runs in per_task.items()}, uniform, start
 
 
+def method_gates(runs: dict[str, list[Path]]) -> dict[str, dict]:
+    """method -> its runs' dirs (one per seed) => method -> {own_share, uniform_share, start_share, summary} for each
+    method whose gates split a task between shared and own experts (MOELoRA's, shared and per-task LoRA's do not),
+    in the order given. Runs without gates.json are skipped."""
+    gates = {}
+    for method, dirs in runs.items():
+        files = [json.loads(RunDir(d).gates.read_text()) for d in dirs if RunDir(d).gates.is_file()]
+        shares, uniform, start = own_share(files) if files else ({}, 0.0, None)
+        if shares:
+            line = summary(shares, uniform, start)
+            gates[method] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line}
+    return gates
+
+
 def summary(shares: dict[str, list[float]], uniform: float, start: float | None = None) -> str:
     """One line for report.md. `start`: the own share the gates started from, named when it is not the uniform
     one (an own-biased start is off uniform before any step)."""
@@ -54,7 +72,7 @@ def summary(shares: dict[str, list[float]], uniform: float, start: float | None 
     )
 
 
-def plot_heatmap(shares: dict[str, list[float]], path) -> None:
+def plot_heatmap(shares: dict[str, list[float]], path, method: str = "CGC-LoRA") -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -66,7 +84,7 @@ def plot_heatmap(shares: dict[str, list[float]], path) -> None:
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("transformer block")
-    ax.set_title("CGC-LoRA gate weight on the task's own experts (1 − shared), mean over projections and seeds")
+    ax.set_title(f"{method}: gate weight on the task's own experts (1 − shared), mean over projections and seeds")
     fig.colorbar(image, ax=ax, label="own-expert share")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cgc.adapter.presets import LABELS
 from cgc.analysis.report import BUDGET_TITLES, GIVEN, OURS, REFERENCE, comparison_lines
 
 
@@ -39,8 +40,9 @@ def markdown(report: dict) -> str:
         for line in comparison_lines(budget):
             lines += ["", line]
     lines += ["", "![mean score against served rank and trainable parameters](budgets.png)"]
-    if "gates" in report:
-        lines += ["", report["gates"]["summary"], "", "![gate share on own experts per task and block](gates.png)"]
+    for method, gates in report.get("gates", {}).items():
+        image = f"![{LABELS[method]}: gate share on own experts per task and block]({gates_png(method)})"
+        lines += ["", f"{LABELS[method]}. {gates['summary']}", "", image]
     for match, budget in report["budgets"].items():
         if any("grid" in row for row in budget["methods"].values()):
             lines += ["", f"Learning rate of each method ({match} budget), chosen by its mean validation score:", ""]
@@ -208,9 +210,14 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     first = next(iter(report["budgets"].values()))["methods"]  # the trainable budget when it was run
     plot_seesaw(list(report["tasks"]), first, written[2])
     plot_budgets(report["budgets"], written[3])
-    if "gates" in report:
+    for method, gates in report.get("gates", {}).items():
         from cgc.analysis.gate_report import plot_heatmap  # noqa: PLC0415 - matplotlib only when there are gates
 
-        plot_heatmap(report["gates"]["own_share"], out / "gates.png")
-        written.append(out / "gates.png")
+        plot_heatmap(gates["own_share"], out / gates_png(method), LABELS[method])
+        written.append(out / gates_png(method))
     return written
+
+
+def gates_png(method: str) -> str:
+    """CGC-LoRA's gate figure keeps the name reports before per-method gates gave it."""
+    return "gates.png" if method == OURS else f"gates_{method}.png"

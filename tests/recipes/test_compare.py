@@ -113,7 +113,7 @@ def test_compare_writes_every_file_with_four_methods_two_seeds_and_a_tuned_lr(co
     assert comparison["baseline"] in LABELS and comparison["baseline"] != "cgc_lora"
     assert comparison["low"] <= comparison["difference"] <= comparison["high"]
     # The gates: 9 tasks x 2 blocks of the tiny model, shares in [0, 1].
-    shares = report["gates"]["own_share"]
+    shares = report["gates"]["cgc_lora"]["own_share"]
     assert set(shares) == set(tasks) and all(len(s) == 2 and all(0 <= v <= 1 for v in s) for s in shares.values())
     markdown = (out / "report.md").read_text()
     for name in BASELINES:
@@ -343,6 +343,14 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     controls = report["budgets"]["served"]["controls"]  # CGC-LoRA paired against each control beside it
     assert list(controls) == list(CONTROLS) and all(c["low"] <= c["difference"] <= c["high"] for c in controls.values())
     assert "- CGC-LoRA − CGC-LoRA, one cluster: " in markdown
+    # Gates for every method whose learned gate splits a task between shared and own experts, each with its figure
+    # (not the frozen uniform control's, nor MOELoRA's, whose experts are all shared).
+    assert list(report["gates"]) == ["cgc_lora", "cgc_one_cluster", "cgc_task_clusters"]
+    for name, png in (("cgc_lora", "gates.png"), ("cgc_one_cluster", "gates_cgc_one_cluster.png")):
+        assert f"{LABELS[name]}. Gates: on average" in markdown and f"]({png})" in markdown, name
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    tasks = report["gates"]["cgc_one_cluster"]["own_share"]
+    assert set(tasks) == set(report["tasks"]) and all(0 <= v <= 1 for s in tasks.values() for v in s)
     both = run("recipes/compare.py", "--config", TINY, "--out", tmp_path, "--match", "trainable,served", *one)
     assert both.returncode == 0, (both.stdout + both.stderr)[-4000:]
     assert both.stdout.count("done earlier, kept") == 8 + 2  # the served runs, and the 2 trainable runs they were
