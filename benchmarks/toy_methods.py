@@ -98,7 +98,7 @@ def run(config: cgc.CGCLoraConfig, data, args, lr: float, gate_lr: float, seed: 
     losses = held_out_loss(model, evaluation, collate)
     gates = {"num_shared_experts": config.num_shared_experts, "tasks": {}}
     gates["tasks"] = {t: {n: g.tolist() for n, g in model.gate(t).items()} for t in model.tasks}
-    shares, uniform = own_share([gates])
+    shares, uniform, _ = own_share([gates])
     return {
         "seed": seed,
         "mean_loss": float(np.mean(list(losses.values()))),

@@ -250,9 +250,9 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),
             }
-    first = plan.matches[0]  # every method whose gate learned (not cgc_no_gate's frozen one): CGC-LoRA's, controls'
+    first = plan.matches[0]  # gates that learned (method_gates keeps those that split shared and own experts)
     gated = {m: finals.get((first, m), []) for m in plan.methods if plan.presets[first][m].train_gate}
-    if gates := gate_report.method_gates(gated):
+    if gates := gate_report.method_gates(gated, first):
         report["gates"] = gates
     return report
 

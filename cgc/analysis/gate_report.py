@@ -1,6 +1,6 @@
-"""What CGC-LoRA's gates learned: per task and transformer block, the share of the gate on the task's own
-experts (the rest is on its cluster's shared experts), read from the gates.json files finetune.py writes.
-A share near 0: the task leans on what its cluster shares; near 1: on its own experts."""
+"""What a gated method's gates learned (CGC-LoRA's and its controls'): per task and transformer block, the share
+of the gate on the task's own experts (the rest is on its cluster's shared experts), read from the gates.json files
+finetune.py writes. A share near 0: the task leans on what its cluster shares; near 1: on its own experts."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float, fl
     return {task: np.mean(runs, axis=0).tolist() for task, runs in per_task.items()}, uniform, start
 
 
-def method_gates(runs: dict[str, list[Path]]) -> dict[str, dict]:
-    """method -> its runs' dirs (one per seed) => method -> {own_share, uniform_share, start_share, summary} for each
+def method_gates(runs: dict[str, list[Path]], budget: str) -> dict[str, dict]:
+    """method -> its runs' dirs (one per seed) under `budget` => method -> {own_share, uniform_share, start_share,
+    summary, budget} for each
     method whose gates split a task between shared and own experts (MOELoRA's, shared and per-task LoRA's do not),
     in the order given. Runs without gates.json are skipped."""
     gates = {}
@@ -50,6 +51,7 @@ def method_gates(runs: dict[str, list[Path]]) -> dict[str, dict]:
         if shares:
             line = summary(shares, uniform, start)
             gates[method] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line}
+            gates[method]["budget"] = budget  # a control may be another model under each budget
     return gates
 
 
@@ -84,7 +86,7 @@ def plot_heatmap(shares: dict[str, list[float]], path, method: str = "CGC-LoRA")
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("transformer block")
-    ax.set_title(f"{method}: gate weight on the task's own experts (1 − shared), mean over projections and seeds")
+    ax.set_title(f"{method}\ngate weight on the task's own experts (1 − shared), mean over projections and seeds")
     fig.colorbar(image, ax=ax, label="own-expert share")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

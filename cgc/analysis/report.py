@@ -1,8 +1,8 @@
 """The seesaw report: per-task scores of several methods side by side (mean ± std over seeds), each method's
 per-task delta against per-task LoRA (one adapter per task, so no task has to share with another), the
 learning rate each method got from its validation grid, paired bootstrap intervals of CGC-LoRA − the best
-baseline and − each of its controls run beside it, and what CGC-LoRA's gates learned: report.json, report.md,
-seesaw.png (and gates.png).
+baseline and − each of its controls run beside it, and what the gates of CGC-LoRA and its controls learned:
+report.json, report.md, seesaw.png (and gates.png, gates_<method>.png).
 
 "Seesaw": training tasks together lifts some and pushes others down. A method's *worst drop* is how far its
 worst task falls below per-task LoRA (0 when no task falls), the number the CGC-LoRA paper's design targets.

@@ -1,6 +1,7 @@
 """The seesaw report's files: report.json, report.md (a table per budget, the intervals, the gates, the grids, the
 per-task scores), seesaw.png (per-task scores and deltas), budgets.png (mean score against each task's served rank
-and against the trainable parameters) and gates.png."""
+and against the trainable parameters) and one gate figure per method whose gate learned (gates.png for
+CGC-LoRA, gates_<method>.png for a control)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def markdown(report: dict) -> str:
     lines += ["", "![mean score against served rank and trainable parameters](budgets.png)"]
     for method, gates in report.get("gates", {}).items():
         image = f"![{LABELS[method]}: gate share on own experts per task and block]({gates_png(method)})"
-        lines += ["", f"{LABELS[method]}. {gates['summary']}", "", image]
+        lines += ["", f"{LABELS[method]} ({gates['budget']} budget). {gates['summary']}", "", image]
     for match, budget in report["budgets"].items():
         if any("grid" in row for row in budget["methods"].values()):
             lines += ["", f"Learning rate of each method ({match} budget), chosen by its mean validation score:", ""]

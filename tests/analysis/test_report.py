@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cgc.adapter.presets import LABELS
-from cgc.analysis.gate_report import own_share, summary
+from cgc.analysis.gate_report import method_gates, own_share, summary
 from cgc.analysis.report import (
     TASK_HIDDEN,
     best_baseline,
@@ -146,6 +146,35 @@ def test_the_gate_summary_names_a_start_off_uniform():
     shares, uniform, start = own_share([gates(1 / 3)])
     assert "(a uniform gate: 33%)" in summary(shares, uniform, start)
     assert own_share([gates(0.576), gates(1 / 3)])[2] is None  # seeds that started apart: no single start
+
+
+def test_every_gated_method_gets_its_gate_line_and_figure_named_by_method_and_budget(tmp_path):
+    """One cluster's gates are reported beside CGC-LoRA's; a method whose experts are all shared (MOELoRA: no own
+    share to give) and a run without gates.json add nothing."""
+
+    def run_dir(name, shared, gate):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        layer = {"model.layers.0.self_attn.q_proj": gate}
+        d.joinpath("gates.json").write_text(json.dumps({"num_shared_experts": shared, "tasks": {"add": layer}}))
+        return d
+
+    runs = {
+        "cgc_lora": [run_dir("ours", 2, [0.3, 0.3, 0.4])],
+        "cgc_one_cluster": [run_dir("one", 2, [0.1, 0.1, 0.8])],
+        "moelora": [run_dir("moe", 4, [0.25] * 4)],
+        "cgc_task_clusters": [tmp_path / "runs" / "never_written"],
+    }
+    gates = method_gates(runs, "served")
+    assert list(gates) == ["cgc_lora", "cgc_one_cluster"]
+    assert gates["cgc_one_cluster"]["own_share"] == {"add": pytest.approx([0.8])}
+    assert gates["cgc_one_cluster"]["budget"] == "served"
+    report = build_report({"served": {"shared_lora": method(dict.fromkeys(TASKS, 1.0))}}, SETUP) | {"gates": gates}
+    written = {p.name for p in write_report(report, tmp_path)}
+    assert {"gates.png", "gates_cgc_one_cluster.png"} <= written
+    text = (tmp_path / "report.md").read_text()
+    assert "CGC-LoRA, one cluster (served budget). Gates: on average 20% of each task's gate" in text
+    assert "](gates_cgc_one_cluster.png)" in text and "CGC-LoRA (served budget). Gates: on average 60%" in text
 
 
 def test_the_controls_are_not_baselines():

@@ -347,7 +347,7 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     # (not the frozen uniform control's, nor MOELoRA's, whose experts are all shared).
     assert list(report["gates"]) == ["cgc_lora", "cgc_one_cluster", "cgc_task_clusters"]
     for name, png in (("cgc_lora", "gates.png"), ("cgc_one_cluster", "gates_cgc_one_cluster.png")):
-        assert f"{LABELS[name]}. Gates: on average" in markdown and f"]({png})" in markdown, name
+        assert f"{LABELS[name]} (served budget). Gates: on average" in markdown and f"]({png})" in markdown, name
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     tasks = report["gates"]["cgc_one_cluster"]["own_share"]
     assert set(tasks) == set(report["tasks"]) and all(0 <= v <= 1 for s in tasks.values() for v in s)
