@@ -240,12 +240,11 @@ def seesaw_report(plan: Plan, chosen: dict, finals: dict, argv: list[str]) -> di
             if scores:
                 row = budget["methods"][m]
                 row["held_out_mean"], row["held_out_mean_std"] = mean_std(seesaw.seed_means(scores))
-        if OURS in plan.methods:
-            budget |= seesaw.comparisons({m: s for m, (s, _) in scored.items()}, held, baseline)
-            for line in seesaw.comparison_lines(budget):
-                print(f"{match} budget: {line.removeprefix('- ')}")
+        budget |= seesaw.comparisons({m: s for m, (s, _) in scored.items()}, held, baseline)
+        for line in seesaw.comparison_lines(budget):
+            print(f"{match} budget: {line.removeprefix('- ')}")
         if overlap:
-            interval = "comparison_held_out" in budget or "controls_held_out" in budget
+            interval = any(key.endswith("_held_out") for key in budget)  # an interval on the held-out examples
             report["setup"] |= {
                 "eval_in_training": overlap,
                 "eval_overlap": seesaw.overlap_note(overlap, order, interval),

@@ -104,10 +104,10 @@ def per_example_scores(run_dirs: list[Path], metrics: dict[str, MetricSpec]) -> 
 
 def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval: bool) -> str:
     """report.md's line on the eval examples that are training examples (`counts`: per task, as
-    `cgc.data.validation_split.count_shared` gives them for `order`); `interval`: whether the report has CGC-LoRA's
-    intervals (against a baseline or a control). Their scores measure how well a method recalls what it was trained
-    on, not how it does on inputs it has not seen (what a grid's validation split, disjoint from training, chose
-    each lr for)."""
+    `cgc.data.validation_split.count_shared` gives them for `order`); `interval`: whether the report has held-out
+    intervals (CGC-LoRA's or a control's, against a baseline or a control). Their scores measure how well a method
+    recalls what it was trained on, not how it does on inputs it has not seen (what a grid's validation split,
+    disjoint from training, chose each lr for)."""
     per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
     line = f"{sum(counts.values())} of the {len(order)} eval examples have a training example's (task, input) "
     line += f"({per_task}): their scores measure recall of training data."
@@ -120,7 +120,7 @@ def overlap_note(counts: dict[str, int], order: list[tuple[str, str]], interval:
         f" ({', '.join(gone)} drop out: it averages {n} task{'s' * (n != 1)})" if gone else ""
     )
     if interval:
-        line += ", and so do CGC-LoRA's held-out intervals (against the same methods as on every eval example)"
+        line += ", and so do the held-out intervals (of the same pairs of methods as on every eval example)"
     return line + "."
 
 
@@ -215,48 +215,56 @@ def best_baseline(report_methods: dict[str, dict]) -> str | None:
 
 
 def comparisons(scored: dict, held: dict, baseline: str | None) -> dict:
-    """A budget's paired intervals of CGC-LoRA − another method (`paired_bootstrap` over seeds x eval examples).
-    `scored`: method -> task -> (seeds, examples), CGC-LoRA among them; `held`: the same on the held-out eval
-    examples (empty where none is a training example); `baseline`: the best baseline's name, or None.
-    -> `comparison` (against `baseline`) and `controls`: against each of CGC-LoRA's controls run beside it, what
-    its gate, task experts or cluster map add on this data (e.g. whether the user's map beats one cluster of every
-    task, `cgc_one_cluster`); `comparison_held_out` and `controls_held_out`: the same on `held`."""
+    """A budget's paired intervals of CGC-LoRA (or a control of it) − another method (`paired_bootstrap` over seeds
+    x eval examples). `scored`: method -> task -> (seeds, examples); `held`: the same on the held-out eval examples
+    (empty where none is a training example); `baseline`: the best baseline's name, or None.
+    -> `comparison` (CGC-LoRA against `baseline`); `controls`: CGC-LoRA against each of its controls run beside it,
+    what its gate, task experts or cluster map add on this data (e.g. whether the user's map beats one cluster of
+    every task, `cgc_one_cluster`); `controls_vs_baseline`: each control against `baseline` (a control may be the
+    configuration a user keeps: one cluster, run without CGC-LoRA); each `..._held_out`: the same on `held`."""
 
-    def against(other: str, ours: dict, theirs: dict) -> dict:
-        return {"baseline": other, "baseline_label": LABELS[other], **paired_bootstrap(ours, theirs)}
+    def against(ours: str, other: str, where: dict) -> dict:
+        names = {"method": ours, "method_label": LABELS[ours], "baseline": other, "baseline_label": LABELS[other]}
+        return names | paired_bootstrap(where[ours], where[other])
 
+    controls, both = [m for m in scored if m in CONTROLS], (("", scored), ("_held_out", held))
     found = {}
-    if baseline is not None:
-        found["comparison"] = against(baseline, scored[OURS], scored[baseline])
-        if held.get(OURS):
-            found["comparison_held_out"] = against(baseline, held[OURS], held[baseline])
-    controls = [m for m in scored if m in CONTROLS]
-    if controls:
-        found["controls"] = {m: against(m, scored[OURS], scored[m]) for m in controls}
-        if held.get(OURS):
-            found["controls_held_out"] = {m: against(m, held[OURS], held[m]) for m in controls}
+    for suffix, where in both:
+        if where.get(OURS) and baseline is not None:
+            found["comparison" + suffix] = against(OURS, baseline, where)
+    for suffix, where in both:
+        if where.get(OURS) and controls:
+            found["controls" + suffix] = {m: against(OURS, m, where) for m in controls}
+    for suffix, where in both:
+        if baseline is not None and where.get(baseline) and any(where.get(m) for m in controls):
+            found["controls_vs_baseline" + suffix] = {m: against(m, baseline, where) for m in controls if where.get(m)}
     return found
 
 
 def verdict(comparison: dict) -> str:
-    """One sentence on CGC-LoRA − another method (the best baseline, or a control)."""
-    c = comparison
+    """One sentence on CGC-LoRA (or a control of it) − another method (the best baseline, or a control)."""
+    c, ours = comparison, comparison.get("method_label", LABELS[OURS])  # reports before 'method': CGC-LoRA's
     interval = f"{c['difference']:+.3f} (95 % interval {c['low']:+.3f} to {c['high']:+.3f})"
     if not c["significant"]:
-        return f"CGC-LoRA − {c['baseline_label']}: {interval}: **no significant difference**."
+        return f"{ours} − {c['baseline_label']}: {interval}: **no significant difference**."
     better = "better" if c["difference"] > 0 else "worse"
-    return f"CGC-LoRA − {c['baseline_label']}: {interval}: CGC-LoRA is significantly {better}."
+    return f"{ours} − {c['baseline_label']}: {interval}: {ours} is significantly {better}."
 
 
 def comparison_lines(budget: dict) -> list[str]:
     """report.md's sentences on a budget's intervals (`comparisons`' keys): the best baseline's, then the controls'
-    as a list; each again on the held-out eval examples where the report has them."""
+    as a list, then each control against the best baseline; each again on the held-out eval examples where the
+    report has them."""
     lines = [verdict(budget["comparison"])] if "comparison" in budget else []
     if "comparison_held_out" in budget:
         lines.append(f"Held-out eval examples only: {verdict(budget['comparison_held_out'])}")
     for key, which in (("controls", "every eval example"), ("controls_held_out", "held-out eval examples only")):
         if key in budget:
             lines.append(f"Against its controls (what each part adds here; {which}):")
+            lines += [f"- {verdict(c)}" for c in budget[key].values()]
+    for key, which in (("controls_vs_baseline", "every eval example"), ("controls_vs_baseline_held_out", "held-out")):
+        if key in budget:
+            lines.append(f"CGC-LoRA's controls against the best baseline ({which}):")
             lines += [f"- {verdict(c)}" for c in budget[key].values()]
     return lines
 

@@ -277,7 +277,7 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
 
     note = overlap_note({"a": 2, "b": 3}, order, interval=True)
     assert note.startswith("5 of the 7 eval examples have a training example's (task, input) (a 2, b 3)")
-    assert "(b drop out: it averages 1 task), and so do CGC-LoRA's held-out intervals" in note
+    assert "(b drop out: it averages 1 task), and so do the held-out intervals" in note
     assert "interval" not in overlap_note({"a": 2, "b": 3}, order, interval=False)  # no CGC-LoRA, no interval
     assert "no held-out numbers" in overlap_note({"a": 4, "b": 3}, order, interval=True)
     runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
@@ -308,10 +308,14 @@ def test_cgc_lora_is_paired_against_the_best_baseline_and_each_control_run_besid
     }
     held = {m: {"a": s["a"][:, :10]} for m, s in scored.items()}
     found = comparisons(scored, held, "moelora")
-    assert list(found) == ["comparison", "comparison_held_out", "controls", "controls_held_out"]
+    assert list(found) == ["comparison", "comparison_held_out", "controls", "controls_held_out"] + [
+        "controls_vs_baseline",
+        "controls_vs_baseline_held_out",
+    ]
 
-    def expected(other: str, ours: dict, theirs: dict) -> dict:
-        return {"baseline": other, "baseline_label": LABELS[other]} | paired_bootstrap(ours, theirs)
+    def expected(other: str, ours: dict, theirs: dict, name: str = "cgc_lora") -> dict:
+        names = {"method": name, "method_label": LABELS[name], "baseline": other, "baseline_label": LABELS[other]}
+        return names | paired_bootstrap(ours, theirs)
 
     assert found["comparison"] == expected("moelora", ours, scored["moelora"])
     assert found["comparison_held_out"] == expected("moelora", held["cgc_lora"], held["moelora"])
@@ -330,7 +334,31 @@ def test_cgc_lora_is_paired_against_the_best_baseline_and_each_control_run_besid
         "- CGC-LoRA − CGC-LoRA, one cluster: +0.000 (95 % interval +0.000 to +0.000): **no significant difference**."
     )
     assert lines[5] == "Against its controls (what each part adds here; held-out eval examples only):"
-    assert len(lines) == 8
+    assert lines[8] == "CGC-LoRA's controls against the best baseline (every eval example):"
+    assert lines[9].startswith("- CGC-LoRA, one cluster − MOELoRA: +")
+    assert lines[9].endswith("CGC-LoRA, one cluster is significantly better.")
+    assert len(lines) == 14
     no_baseline = comparisons(scored, {}, None)  # no baseline run, nothing held out: the controls still
     assert no_baseline == {"controls": found["controls"]}
     assert comparisons({"cgc_lora": ours}, {}, None) == {} and comparison_lines({}) == []
+
+
+def test_a_control_run_without_cgc_lora_is_paired_against_the_best_baseline():
+    """`--methods cgc_one_cluster,moelora` (the configuration a user may keep, without CGC-LoRA's map): one cluster
+    − MOELoRA with its own scores, on every eval example and on the held-out ones."""
+    rng = np.random.default_rng(1)
+    one = {"a": rng.integers(0, 2, (3, 40)).astype(float), "b": rng.integers(0, 2, (3, 40)).astype(float)}
+    moe = {t: rng.integers(0, 2, s.shape).astype(float) for t, s in one.items()}
+    held = {"cgc_one_cluster": {"a": one["a"][:, :20]}, "moelora": {"a": moe["a"][:, :20]}}
+    found = comparisons({"cgc_one_cluster": one, "moelora": moe}, held, "moelora")
+    assert list(found) == ["controls_vs_baseline", "controls_vs_baseline_held_out"]
+    got = found["controls_vs_baseline"]["cgc_one_cluster"]
+    assert got == {"method": "cgc_one_cluster", "method_label": "CGC-LoRA, one cluster", "baseline": "moelora",
+                   "baseline_label": "MOELoRA"} | paired_bootstrap(one, moe)  # fmt: skip
+    assert found["controls_vs_baseline_held_out"]["cgc_one_cluster"]["difference"] == pytest.approx(
+        paired_bootstrap(held["cgc_one_cluster"], held["moelora"])["difference"]
+    )
+    lines = comparison_lines(found)
+    assert lines[0] == "CGC-LoRA's controls against the best baseline (every eval example):"
+    assert lines[1].startswith("- CGC-LoRA, one cluster − MOELoRA: ") and lines[2].endswith("(held-out):")
+    assert comparisons({"cgc_one_cluster": one}, {}, None) == {}  # no baseline run: nothing to pair

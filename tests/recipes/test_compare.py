@@ -343,6 +343,10 @@ def test_the_served_budget_and_the_controls_run_end_to_end_and_share_what_is_the
     controls = report["budgets"]["served"]["controls"]  # CGC-LoRA paired against each control beside it
     assert list(controls) == list(CONTROLS) and all(c["low"] <= c["difference"] <= c["high"] for c in controls.values())
     assert "- CGC-LoRA − CGC-LoRA, one cluster: " in markdown
+    versus = report["budgets"]["served"]["controls_vs_baseline"]  # each control against the best baseline too
+    best = report["budgets"]["served"]["comparison"]["baseline"]
+    assert list(versus) == list(CONTROLS) and all(v["baseline"] == best for v in versus.values())
+    assert f"- CGC-LoRA, one cluster − {LABELS[best]}: " in markdown
     # Gates for every method whose learned gate splits a task between shared and own experts, each with its figure
     # (not the frozen uniform control's, nor MOELoRA's, whose experts are all shared).
     assert list(report["gates"]) == ["cgc_lora", "cgc_one_cluster", "cgc_task_clusters"]
