@@ -41,17 +41,18 @@ def own_share(gate_files: list[dict]) -> tuple[dict[str, list[float]], float, fl
 
 def method_gates(runs: dict[str, list[Path]], budget: str) -> dict[str, dict]:
     """method -> its runs' dirs (one per seed) under `budget` => method -> {own_share, uniform_share, start_share,
-    summary, budget} for each
-    method whose gates split a task between shared and own experts (MOELoRA's, shared and per-task LoRA's do not),
-    in the order given. Runs without gates.json are skipped."""
+    summary, budget} for each method whose gates split a task between shared and own experts (MOELoRA's, shared and
+    per-task LoRA's do not), in the order given. Runs without gates.json are skipped. `budget` is kept with them: a
+    control may be another model under each budget."""
     gates = {}
     for method, dirs in runs.items():
-        files = [json.loads(RunDir(d).gates.read_text()) for d in dirs if RunDir(d).gates.is_file()]
+        paths = [RunDir(d).gates for d in dirs]
+        files = [json.loads(path.read_text()) for path in paths if path.is_file()]
         shares, uniform, start = own_share(files) if files else ({}, 0.0, None)
         if shares:
             line = summary(shares, uniform, start)
-            gates[method] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line}
-            gates[method]["budget"] = budget  # a control may be another model under each budget
+            gates[method] = {"own_share": shares, "uniform_share": uniform, "start_share": start, "summary": line,
+                             "budget": budget}  # fmt: skip
     return gates
 
 

@@ -243,7 +243,7 @@ def comparisons(scored: dict, held: dict, baseline: str | None) -> dict:
 
 def verdict(comparison: dict) -> str:
     """One sentence on CGC-LoRA (or a control of it) − another method (the best baseline, or a control)."""
-    c, ours = comparison, comparison.get("method_label", LABELS[OURS])  # reports before 'method': CGC-LoRA's
+    c, ours = comparison, comparison["method_label"]
     interval = f"{c['difference']:+.3f} (95 % interval {c['low']:+.3f} to {c['high']:+.3f})"
     if not c["significant"]:
         return f"{ours} − {c['baseline_label']}: {interval}: **no significant difference**."

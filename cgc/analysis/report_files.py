@@ -214,8 +214,8 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     for method, gates in report.get("gates", {}).items():
         from cgc.analysis.gate_report import plot_heatmap  # noqa: PLC0415 - matplotlib only when there are gates
 
-        plot_heatmap(gates["own_share"], out / gates_png(method), LABELS[method])
         written.append(out / gates_png(method))
+        plot_heatmap(gates["own_share"], written[-1], LABELS[method])
     return written
 
 

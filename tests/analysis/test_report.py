@@ -89,7 +89,8 @@ def test_means_stds_deltas_and_worst_drop_over_seeds():
 
 
 def test_the_verdict_says_no_significant_difference_when_the_interval_contains_zero():
-    within = {"baseline_label": "MOELoRA", "difference": 0.02, "low": -0.01, "high": 0.05, "significant": False}
+    within = {"method_label": "CGC-LoRA", "baseline_label": "MOELoRA"}
+    within |= {"difference": 0.02, "low": -0.01, "high": 0.05, "significant": False}
     assert verdict(within).endswith("**no significant difference**.")
     above = {**within, "low": 0.01, "significant": True}
     assert "significantly better" in verdict(above)
@@ -283,7 +284,8 @@ def test_eval_examples_that_are_training_examples_are_counted_and_left_out_of_th
     runs = {"cgc_lora": method({"add": 1.0, "uppercase": 0.0, "length": 0.5})}
     report = build_report({"trainable": runs}, SETUP | {"eval_overlap": note})
     report["budgets"]["trainable"]["methods"]["cgc_lora"] |= {"held_out_mean": 0.25, "held_out_mean_std": 0.05}
-    comparison = {"baseline": "moelora", "baseline_label": "MOELoRA", "difference": -0.1, "low": -0.2, "high": 0.0}
+    comparison = {"method": "cgc_lora", "method_label": "CGC-LoRA", "baseline": "moelora", "baseline_label": "MOELoRA"}
+    comparison |= {"difference": -0.1, "low": -0.2, "high": 0.0}
     report["budgets"]["trainable"] |= {
         "comparison": comparison | {"significant": False},
         "comparison_held_out": comparison | {"difference": 0.01, "low": -0.05, "high": 0.07, "significant": False},
