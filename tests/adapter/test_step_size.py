@@ -7,12 +7,14 @@ budget land within 1.3x of each other; under the old rule (alpha = 2r per expert
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
 import cgc
+from cgc.adapter.gates import OWN_BIAS
 from cgc.adapter.presets import matched_budget
 from tests.conftest import ROOT
 
@@ -71,3 +73,44 @@ def test_moelora_at_a_uniform_gate_is_the_shared_lora_of_its_total_rank():
     moe, shared = methods["moelora"], methods["shared_lora"]
     assert moe.exported_rank == shared.exported_rank == 120
     assert first_step_change(moe) == pytest.approx(first_step_change(shared), rel=1e-6)
+
+
+def expert_steps(gate_init: str, d: int = 256) -> list[float]:
+    """|Δh_k| / |h| of each expert k (shared first, then the task's own) after one AdamW step on a batch of one task
+    of a one-cluster CGC-LoRA (S=2, K=1, r=8); B starts at zero, so B after the step is the step."""
+    config = cgc.CGCLoraConfig(
+        clusters={"all": ["a", "b", "c"]}, r=8, num_shared_experts=2, num_task_experts=1,
+        target_modules=["q_proj"], gate_init=gate_init,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = cgc.attach(OneLayer(d, d), config)
+    ids = torch.full((8,), model.task_id("a"))
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 16, d, generator=generator), torch.randn(8, 16, d, generator=generator)
+    optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3, weight_decay=0.0)
+    with torch.no_grad():
+        h = model(x, task_ids=ids)
+    ((model(x, task_ids=ids) - y) ** 2).mean().backward()
+    optimizer.step()
+    experts = next(iter(model.adapted_layers().values())).experts["all"]
+    scales = model.task_scales("a")[0].detach()  # (R,): task a's weight on its experts' rank rows
+    rows = experts.active_rows[0]  # (R,): those rows in the cluster's stack
+    steps = []
+    for k in range(3):
+        mine = rows[k * 8 : (k + 1) * 8]
+        delta = ((x @ experts.lora_A[mine].detach().T) * scales[k * 8 : (k + 1) * 8]) @ experts.lora_B[
+            :, mine
+        ].detach().T
+        steps.append(float(delta.norm() / h.norm()))
+    return steps
+
+
+def test_the_gate_start_sets_each_experts_step():
+    """Adam moves every entry of B by about lr whatever weight stands before it, so an expert's output step is its
+    weight's share: from the own-biased start the task's own expert steps ~e (exp OWN_BIAS) times as far as each
+    shared one, from a uniform start as far. The start chooses which experts learn first, not only the mixture."""
+    shared_a, shared_b, own = expert_steps("own")
+    ratio = own / ((shared_a + shared_b) / 2)
+    assert math.exp(OWN_BIAS) / 1.3 < ratio < math.exp(OWN_BIAS) * 1.3, (shared_a, shared_b, own)
+    shared_a, shared_b, own = expert_steps("uniform")
+    assert 1 / 1.3 < own / ((shared_a + shared_b) / 2) < 1.3, (shared_a, shared_b, own)
