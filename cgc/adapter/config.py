@@ -49,8 +49,9 @@ class CGCLoraConfig:
         shared experts carried two thirds of every task, and a task whose cluster's inputs look like its own but
         whose answers differ lost to its neighbours (docs/experiments.md, 2026-12-06, seventh session). The start
         also sets each expert's step: Adam moves B by about lr whatever weight stands before it, so an expert's
-        output step is proportional to its weight; from "own" a task's own expert steps e times as far as each
-        shared one (1.74x and 0.63x a uniform start's at S=2, K=1; tests/adapter/test_step_size.py).
+        output step is proportional to its weight; under "rslora" with equal ranks, from "own" a task's own expert
+        steps e times as far as each shared one (1.73x and 0.64x a uniform start's at S=2, K=1;
+        tests/adapter/test_step_size.py).
         train_gate: False keeps the gate uniform (no logits).
     extends: tasks added to a trained cluster (cgc.adapter.growth): cluster -> the cluster whose S shared experts
         its tasks mix with their own K, e.g. {"numbers+1": "numbers"}. Such a cluster stores only its tasks' own
