@@ -30,12 +30,8 @@ class OneLayer(nn.Module):
         return self.q_proj(x)
 
 
-def first_step_change(config: cgc.CGCLoraConfig, lr: float = 1e-3, d: int = 256) -> float:
-    """|Δh| / |h| of one AdamW step on a batch of one cluster (as the sampler gives it), random data."""
-    torch.manual_seed(0)
-    model = cgc.attach(OneLayer(d, d), config)
-    tasks = config.task_map.tasks_of(next(iter(config.clusters)))
-    ids = torch.tensor([model.task_id(tasks[i % len(tasks)]) for i in range(8)])
+def one_step(model, ids: torch.Tensor, lr: float = 1e-3, d: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """One AdamW step of `model` on a random batch (8, 16, d) of the tasks `ids` => (the batch, the output before)."""
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 16, d, generator=generator), torch.randn(8, 16, d, generator=generator)
     optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=lr, weight_decay=0.0)
@@ -43,6 +39,16 @@ def first_step_change(config: cgc.CGCLoraConfig, lr: float = 1e-3, d: int = 256)
         before = model(x, task_ids=ids)
     ((model(x, task_ids=ids) - y) ** 2).mean().backward()
     optimizer.step()
+    return x, before
+
+
+def first_step_change(config: cgc.CGCLoraConfig, lr: float = 1e-3, d: int = 256) -> float:
+    """|Δh| / |h| of one AdamW step on a batch of one cluster (as the sampler gives it), random data."""
+    torch.manual_seed(0)
+    model = cgc.attach(OneLayer(d, d), config)
+    tasks = config.task_map.tasks_of(next(iter(config.clusters)))
+    ids = torch.tensor([model.task_id(tasks[i % len(tasks)]) for i in range(8)])
+    x, before = one_step(model, ids, lr, d)
     with torch.no_grad():
         return float((model(x, task_ids=ids) - before).norm() / before.norm())
 
@@ -85,23 +91,15 @@ def expert_steps(gate_init: str, d: int = 256) -> list[float]:
     torch.manual_seed(0)
     model = cgc.attach(OneLayer(d, d), config)
     ids = torch.full((8,), model.task_id("a"))
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(8, 16, d, generator=generator), torch.randn(8, 16, d, generator=generator)
-    optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-3, weight_decay=0.0)
-    with torch.no_grad():
-        h = model(x, task_ids=ids)
-    ((model(x, task_ids=ids) - y) ** 2).mean().backward()
-    optimizer.step()
+    x, h = one_step(model, ids, d=d)
     experts = next(iter(model.adapted_layers().values())).experts["all"]
     scales = model.task_scales("a")[0].detach()  # (R,): task a's weight on its experts' rank rows
     rows = experts.active_rows[0]  # (R,): those rows in the cluster's stack
     steps = []
-    for k in range(3):
-        mine = rows[k * 8 : (k + 1) * 8]
-        delta = ((x @ experts.lora_A[mine].detach().T) * scales[k * 8 : (k + 1) * 8]) @ experts.lora_B[
-            :, mine
-        ].detach().T
-        steps.append(delta)
+    for k in range(config.num_shared_experts + config.num_task_experts):
+        expert = slice(k * config.r, (k + 1) * config.r)  # expert k's rows among the task's R
+        a, b = experts.lora_A[rows[expert]].detach(), experts.lora_B[:, rows[expert]].detach()
+        steps.append(((x @ a.T) * scales[expert]) @ b.T)
     with torch.no_grad():  # the experts' parts add up to what the forward's output moved
         torch.testing.assert_close(sum(steps), model(x, task_ids=ids) - h, rtol=1e-4, atol=1e-6)
     return [float(delta.norm() / h.norm()) for delta in steps]
