@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import nn
 
@@ -37,6 +36,9 @@ def export_peft_adapter(model: CGCModel, task: str, out_dir: str | os.PathLike) 
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().cpu().contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().cpu().contiguous()
     base_config = getattr(model.base_model, "config", None)
+    # imported here: peft's import takes seconds, and most processes that import cgc never export
+    from peft import LoraConfig
+
     peft_config = LoraConfig(
         r=rank,
         lora_alpha=rank,  # scaling = lora_alpha / r = 1: the gate and alpha/r are already folded into B
