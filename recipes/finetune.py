@@ -97,6 +97,7 @@ def start_process_group(ds_config: dict, train) -> tuple[int, int]:
     if threads is not None:
         torch.set_num_threads(threads)
     import deepspeed  # a slow import: only once the config is known to be good
+    import peft  # noqa: F401  (export needs it: a broken install fails here, in seconds, not after training)
 
     if "RANK" not in os.environ:
         os.environ.update(
